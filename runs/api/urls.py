@@ -1,0 +1,11 @@
+from django.urls import path
+
+from runs.api import views
+
+urlpatterns = [
+    path("run", views.RunCreateApi.as_view(), name="api-run-create"),
+    path("runs", views.RunListApi.as_view(), name="api-run-list"),
+    path("runs/<str:run_id>", views.RunDetailApi.as_view(), name="api-run-detail"),
+    path("runs/<str:run_id>/status", views.RunStatusApi.as_view(), name="api-run-status"),
+    path("runs/<str:run_id>/cancel", views.RunCancelApi.as_view(), name="api-run-cancel"),
+]

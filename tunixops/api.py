@@ -1,0 +1,110 @@
+"""One JSON error shape for the whole API: `{"error": {"code", "message", "fields"?}}`."""
+
+import io
+from collections.abc import Mapping
+from typing import IO, Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.parsers import JSONParser
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from runs.recipes import ConfigError
+from runs.state_machine import IllegalTransition
+
+
+class ApplicationError(exceptions.APIException):
+    """A domain error with its HTTP status, raised from services and views alike."""
+
+    def __init__(self, message: str, *, code: str, status_code: int = 400) -> None:
+        super().__init__(detail=message, code=code)
+        self.status_code = status_code
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "request_too_large"
+    default_detail = "Request body is too large."
+
+
+def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested error detail as dotted field names: `{"config.max_steps": [...]}`."""
+    if isinstance(detail, dict):
+        out: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            name = key if not prefix else f"{prefix}.{key}"
+            if key == "non_field_errors" and not prefix:
+                name = "non_field_errors"
+            out.update(_flatten(value, name))
+        return out
+    if isinstance(detail, list) and detail and all(isinstance(d, str) for d in detail):
+        return {prefix or "non_field_errors": [str(d) for d in detail]}
+    if isinstance(detail, list):
+        out = {}
+        for i, value in enumerate(detail):
+            out.update(_flatten(value, f"{prefix}.{i}" if prefix else str(i)))
+        return out
+    return {prefix or "non_field_errors": [str(detail)]}
+
+
+def error_response(
+    status_code: int, code: str, message: str, fields: dict[str, list[str]] | None = None
+) -> Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return Response({"error": body}, status=status_code)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, IllegalTransition):
+        return error_response(
+            status.HTTP_409_CONFLICT,
+            "illegal_transition",
+            f"The run is {exc.current}; it cannot become {exc.target}.",
+        )
+    if isinstance(exc, ConfigError):
+        return error_response(400, "invalid", "Invalid input.", exc.errors)
+    if isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        return error_response(
+            response.status_code, "invalid", "Invalid input.", _flatten(exc.detail)
+        )
+    if isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else exc.default_code
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        result = error_response(response.status_code, str(code), str(message))
+        for header, value in response.items():
+            result[header] = value
+        return result
+    return response
+
+
+class LimitedJSONParser(JSONParser):
+    """JSON parser that answers 413 past DATA_UPLOAD_MAX_MEMORY_SIZE, declared or actual."""
+
+    def parse(
+        self,
+        stream: IO[Any] | None,
+        media_type: str | None = None,
+        parser_context: Mapping[str, Any] | None = None,
+    ) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0
+        request = (parser_context or {}).get("request")
+        declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
+        if limit and declared > limit:
+            raise RequestTooLarge(f"Request body is larger than {limit} bytes.")
+        body = stream.read(limit + 1 if limit else -1) if stream is not None else b""
+        if limit and len(body) > limit:
+            raise RequestTooLarge(f"Request body is larger than {limit} bytes.")
+        return super().parse(io.BytesIO(body), media_type, parser_context)
