@@ -1,0 +1,1 @@
+"""Child-process entry points that the run worker launches (no Django imports here)."""
