@@ -78,6 +78,8 @@ class Recipe:
     # "file": values reach the child only through config.json; "cli": also appended as key=value.
     config_style: str = "file"
     static_config: Mapping[str, str] = field(default_factory=dict)
+    # Appended when the run names a dataset (written by the worker as `{dataset_file}`).
+    dataset_argv: tuple[str, ...] = ()
 
     def clean_config(self, raw: Any) -> dict[str, Any]:
         """Validate user overrides and fill in defaults."""
@@ -125,6 +127,8 @@ class Recipe:
             "project_dir": str(settings.BASE_DIR),
         }
         argv = [part.format(**values) for part in self.argv]
+        if dataset_file:
+            argv += [part.format(**values) for part in self.dataset_argv]
         if self.config_style == "cli":
             merged = {k: v.format(**values) for k, v in self.static_config.items()}
             merged.update({k: _cli_value(v) for k, v in config.items()})
@@ -173,6 +177,7 @@ TINY_SFT = Recipe(
     },
     env={"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
     default_model_id="tiny-qwen3-random",
+    dataset_argv=("--dataset", "{dataset_file}"),
 )
 
 PEFT = Recipe(
@@ -221,7 +226,7 @@ def _parse_recipe(path: Path, name: str, spec: dict[str, Any]) -> Recipe:
     argv = spec.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise ImproperlyConfigured(f"{where}: argv must be a non-empty list of strings")
-    for part in argv:
+    for part in [*argv, *spec.get("dataset_argv", [])]:
         try:
             part.format(**{p: "" for p in PLACEHOLDERS})
         except (KeyError, IndexError, ValueError) as exc:
@@ -248,10 +253,14 @@ def _parse_recipe(path: Path, name: str, spec: dict[str, Any]) -> Recipe:
     style = spec.get("config_style", "file")
     if style not in ("file", "cli"):
         raise ImproperlyConfigured(f"{where}: config_style must be 'file' or 'cli'")
+    dataset_argv = spec.get("dataset_argv", [])
+    if not isinstance(dataset_argv, list) or not all(isinstance(a, str) for a in dataset_argv):
+        raise ImproperlyConfigured(f"{where}: dataset_argv must be a list of strings")
     return Recipe(
         name=name,
         description=spec.get("description", ""),
         argv=tuple(argv),
+        dataset_argv=tuple(dataset_argv),
         keys=keys,
         env=env,
         default_model_id=spec.get("default_model_id", ""),

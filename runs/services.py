@@ -78,14 +78,16 @@ def run_enqueue(
     return run
 
 
-def run_dry_run(*, recipe: str, config: Any, model_id: str = "") -> dict[str, Any]:
+def run_dry_run(
+    *, recipe: str, config: Any, model_id: str = "", dataset_key: str | None = None
+) -> dict[str, Any]:
     """What the worker would execute, without storing anything."""
     found, cleaned = run_validate(recipe=recipe, config=config)
     argv = found.render_argv(
         python=DISPLAY_PYTHON,
         run_dir=DISPLAY_RUN_DIR,
         config=cleaned,
-        dataset_file=f"{DISPLAY_RUN_DIR}/dataset.jsonl",
+        dataset_file=f"{DISPLAY_RUN_DIR}/dataset.jsonl" if dataset_key else "",
         model_id=model_id,
         run_id="$RUN_ID",
     )

@@ -7,7 +7,7 @@ sees the new status and gets `IllegalTransition`.
 """
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from django.db import transaction
@@ -51,17 +51,23 @@ def transition(
     *,
     reason: str | None = None,
     only_from: Collection[RunStatus] | None = None,
+    where: Mapping[str, Any] | None = None,
     **changes: Any,
 ) -> Run:
     """Move the run to `target`, or raise `IllegalTransition` and change nothing.
 
     `only_from` narrows the allowed sources further (a worker finishing a run only accepts
-    `running` or `cancel_requested`). `changes` are other fields written in the same UPDATE.
+    `running` or `cancel_requested`); `where` names field values the locked row must still have
+    (the worker and attempt that own the run, so a worker whose lease expired cannot overwrite
+    the next attempt). `changes` are other fields written in the same UPDATE.
     """
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run_id)
-        if not is_allowed(run.status, target) or (
-            only_from is not None and run.status not in only_from
+        owned = all(getattr(run, name) == value for name, value in (where or {}).items())
+        if (
+            not is_allowed(run.status, target)
+            or (only_from is not None and run.status not in only_from)
+            or not owned
         ):
             raise IllegalTransition(run.pk, run.status, target)
         now = timezone.now()

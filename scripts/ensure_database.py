@@ -15,14 +15,21 @@ def main() -> int:
         return 0
     cfg = dj_database_url.parse(url)
     params = {
-        "host": cfg.get("HOST") or "127.0.0.1",
-        "port": cfg.get("PORT") or 5432,
-        "user": cfg.get("USER") or "postgres",
-        "password": cfg.get("PASSWORD") or None,
+        "host": str(cfg.get("HOST") or "127.0.0.1"),
+        "port": str(cfg.get("PORT") or 5432),
+        "user": str(cfg.get("USER") or "postgres"),
+        "password": str(cfg.get("PASSWORD") or ""),
     }
     for attempt in range(30):
         try:
-            conn = psycopg.connect(dbname="postgres", autocommit=True, **params)
+            conn = psycopg.connect(
+                dbname="postgres",
+                autocommit=True,
+                host=params["host"],
+                port=params["port"],
+                user=params["user"],
+                password=params["password"] or None,
+            )
             break
         except psycopg.OperationalError as exc:
             if attempt == 29:

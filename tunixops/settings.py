@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "runs",
     "artifacts",
+    "traces",
 ]
 
 MIDDLEWARE = [
@@ -85,6 +86,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # A file, not memory, so that worker processes started by tests share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
     VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -144,6 +147,9 @@ TUNIX_HEARTBEAT_SECONDS = envfloat("TUNIX_HEARTBEAT_SECONDS", 5.0)
 TUNIX_CANCEL_GRACE_SECONDS = envfloat("TUNIX_CANCEL_GRACE_SECONDS", 10.0)
 TUNIX_POLL_INTERVAL_SECONDS = envfloat("TUNIX_POLL_INTERVAL_SECONDS", 1.0)
 TUNIX_DEFAULT_TIMEOUT_SECONDS = envint("TUNIX_DEFAULT_TIMEOUT_SECONDS", 6 * 3600)
+# Trace uploads are larger than other requests: one trace may be 1 MB, a batch holds up to 1,000.
+TUNIX_TRACE_MAX_REQUEST_BYTES = envint("TUNIX_TRACE_MAX_REQUEST_BYTES", 2 * 1024 * 1024)
+TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES = envint("TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
 
 LOGGING = {
     "version": 1,

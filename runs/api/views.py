@@ -60,7 +60,10 @@ class RunCreateApi(APIView):
         mode = query.validated_data["mode"]
         if mode == "dry-run":
             plan = services.run_dry_run(
-                recipe=data["recipe"], config=data["config"], model_id=data["model_id"]
+                recipe=data["recipe"],
+                config=data["config"],
+                model_id=data["model_id"],
+                dataset_key=data["dataset_key"],
             )
             return Response(s.DryRunOutput(plan).data)
         run = services.run_enqueue(created_by=request.user, **data)
