@@ -11,6 +11,9 @@ class Artifact(models.Model):
     sha256 = models.CharField(max_length=64)
     # The Orbax checkpoint step the file belongs to, if any.
     step = models.PositiveIntegerField(null=True, blank=True)
+    # Size and mtime as last hashed: a sync re-hashes a file only when either changed, and a
+    # download refuses a file that no longer matches what its sha256 describes.
+    mtime_ns = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -18,7 +21,16 @@ class Artifact(models.Model):
         db_table = "tunix_run_artifacts"
         ordering = ["run", "name"]
         constraints = [
+            # Also the index the run's listing and every sync use: `WHERE run_id = %s`.
             models.UniqueConstraint(fields=["run", "name"], name="tunix_artifacts_run_name_uniq"),
+        ]
+        indexes = [
+            # The checkpoint listing and a step's zip: `WHERE run_id = %s AND step = %s`.
+            models.Index(
+                fields=["run", "step"],
+                name="tunix_artifacts_run_step_idx",
+                condition=models.Q(step__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,0 +1,296 @@
+"""Real servers for download tests and the bench: daphne subprocesses and an nginx in front.
+
+Each server listens on a free loopback port that the OS picks and is stopped by the caller
+(`stop()`, or the context manager); nothing is left running.
+"""
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_CONF = REPO / "deploy" / "nginx.conf"
+NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen within {timeout} s:\n{log.read_text()}")
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A /proc/<pid>/status value in KiB (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+@dataclass
+class Daphne:
+    env: dict[str, str]
+    workdir: Path
+    app: str = "tunixops.asgi:application"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> "Daphne":
+        log = self.workdir / f"daphne-{self.port}.log"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), self.app],
+                env=self.env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
+        wait_listening(self.port, self.proc, log, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def rss_kib(self) -> int:
+        return proc_status(self.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        return proc_status(self.pid, "VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        """Linux resets VmHWM to the current RSS when 5 is written to clear_refs."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def __enter__(self) -> "Daphne":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def render_nginx_conf(
+    *,
+    listen_port: int,
+    upstream: str,
+    artifact_root: Path,
+    workdir: Path,
+    direct_root: Path | None = None,
+) -> str:
+    """deploy/nginx.conf with this machine's ports and paths in place of the compose ones.
+
+    Every substitution must hit exactly once, so the test keeps exercising the file as shipped.
+    """
+    text = NGINX_CONF.read_text()
+    replacements = [
+        (r"listen 80;", f"listen 127.0.0.1:{listen_port};"),
+        (r"server web:8000;", f"server {upstream};"),
+        (r"alias /srv/tunixops/artifacts/;", f"alias {artifact_root}/;"),
+        (r"pid /run/nginx\.pid;", f"pid {workdir}/nginx.pid;"),
+        (r"error_log /dev/stderr warn;", f"error_log {workdir}/error.log warn;"),
+        (r"access_log /dev/stdout tunixops;", f"access_log {workdir}/access.log tunixops;"),
+    ]
+    for pattern, value in replacements:
+        text, count = re.subn(pattern, value, text)
+        if count != 1:
+            raise AssertionError(f"deploy/nginx.conf: {pattern!r} matched {count} times")
+    # The compose container runs nginx as root and its workers as nginx; here the tests' files
+    # live in a private temporary directory, so the workers run as the current user.
+    user = "" if os.geteuid() else "user root;\n"
+    temp = "".join(
+        f"    {kind}_temp_path {workdir}/{kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    text = user + text.replace("http {\n", "http {\n" + temp, 1)
+    if direct_root is not None:
+        # A second server block serving the same files straight from disk: the bench's yardstick.
+        direct = (
+            "    server {\n"
+            f"        listen 127.0.0.1:{direct_root_port(listen_port)};\n"
+            f"        root {direct_root};\n"
+            "    }\n"
+        )
+        text = text.rstrip().removesuffix("}") + direct + "}\n"
+    return text
+
+
+def direct_root_port(listen_port: int) -> int:
+    return listen_port + 1
+
+
+@dataclass
+class Nginx:
+    upstream_port: int
+    artifact_root: Path
+    workdir: Path
+    direct_root: Path | None = None
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Nginx":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):
+            self.port = free_port()
+            if self.direct_root is None or _port_free(direct_root_port(self.port)):
+                break
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(
+            render_nginx_conf(
+                listen_port=self.port,
+                upstream=f"127.0.0.1:{self.upstream_port}",
+                artifact_root=self.artifact_root,
+                workdir=self.workdir,
+                direct_root=self.direct_root,
+            )
+        )
+        log = self.workdir / "error.log"
+        log.touch()
+        test = subprocess.run(
+            [NGINX_BIN, "-t", "-q", "-c", str(conf), "-p", str(self.workdir)],
+            capture_output=True,
+            check=False,
+        )
+        if test.returncode:
+            raise RuntimeError(f"nginx -t failed: {test.stderr.decode()}")
+        self.proc = subprocess.Popen(
+            [NGINX_BIN, "-c", str(conf), "-p", str(self.workdir), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(self.port, self.proc, log, timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # QUIT lets the master stop its workers; they would outlive a KILLed master.
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def __enter__(self) -> "Nginx":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# --- raw HTTP ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def raw_request(
+    port: int, target: bytes, headers: dict[str, str] | None = None, method: bytes = b"GET"
+) -> RawResponse:
+    """Send exactly this request line (no normalisation of `..` or escapes, unlike HTTP client
+    libraries) and read the whole response."""
+    lines = [method + b" " + target + b" HTTP/1.1", b"Host: 127.0.0.1", b"Connection: close"]
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in (headers or {}).items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"\r\n".join(lines) + b"\r\n\r\n")
+        data = bytearray()
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed: dict[str, str] = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    if parsed.get("transfer-encoding") == "chunked":
+        body = _dechunk(body)
+    return RawResponse(status=int(status_line.split()[1]), headers=parsed, body=body)
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return bytes(out)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stream_download(
+    url: str, token: str, headers: dict[str, str] | None = None, **kwargs: Any
+) -> Iterator[bytes]:
+    import httpx
+
+    with httpx.stream(
+        "GET",
+        url,
+        headers={"Authorization": f"Token {token}", **(headers or {})},
+        timeout=60,
+        **kwargs,
+    ) as response:
+        response.raise_for_status()
+        yield from response.iter_raw()
