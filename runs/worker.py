@@ -17,7 +17,7 @@ import uuid
 from types import FrameType
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from runs import notify
@@ -121,7 +121,6 @@ class Worker:
 
     def step(self) -> bool:
         """Do what is due; return whether a run was claimed (then look again at once)."""
-        close_old_connections()
         self._reap()
         now = time.monotonic()
         if now >= self._next_sweep:
