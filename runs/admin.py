@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from artifacts.admin import ArtifactInline
 from runs import services
 from runs.models import LogChunk, Run
 from runs.state_machine import IllegalTransition
@@ -44,6 +45,7 @@ class RunAdmin(admin.ModelAdmin[Run]):
     list_select_related = ("created_by",)
     actions = ("cancel_selected",)
     date_hierarchy = "created_at"
+    inlines = (ArtifactInline,)
 
     @admin.display(description="duration")
     def duration_display(self, run: Run) -> str:

@@ -147,6 +147,13 @@ TUNIX_HEARTBEAT_SECONDS = envfloat("TUNIX_HEARTBEAT_SECONDS", 5.0)
 TUNIX_CANCEL_GRACE_SECONDS = envfloat("TUNIX_CANCEL_GRACE_SECONDS", 10.0)
 TUNIX_POLL_INTERVAL_SECONDS = envfloat("TUNIX_POLL_INTERVAL_SECONDS", 1.0)
 TUNIX_DEFAULT_TIMEOUT_SECONDS = envint("TUNIX_DEFAULT_TIMEOUT_SECONDS", 6 * 3600)
+# Who sends a downloaded artifact's bytes once the app has checked access and path:
+# `app` streams them from daphne; `nginx` answers with X-Accel-Redirect to the internal location
+# below (see deploy/nginx.conf); `sendfile` answers with X-Sendfile for Apache or lighttpd.
+TUNIX_DOWNLOAD_BACKEND = os.getenv("TUNIX_DOWNLOAD_BACKEND", "app")
+if TUNIX_DOWNLOAD_BACKEND not in ("app", "nginx", "sendfile"):
+    raise ImproperlyConfigured("TUNIX_DOWNLOAD_BACKEND must be app, nginx or sendfile.")
+TUNIX_NGINX_INTERNAL_LOCATION = os.getenv("TUNIX_NGINX_INTERNAL_LOCATION", "/_tunix_artifacts/")
 # Trace uploads are larger than other requests: one trace may be 1 MB, a batch holds up to 1,000.
 TUNIX_TRACE_MAX_REQUEST_BYTES = envint("TUNIX_TRACE_MAX_REQUEST_BYTES", 2 * 1024 * 1024)
 TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES = envint("TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES", 32 * 1024 * 1024)

@@ -11,4 +11,5 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularJSONAPIView.as_view(), name="api-schema"),
     path("api/tunix/", include("runs.api.urls")),
+    path("api/tunix/", include("artifacts.api.urls")),
 ]
