@@ -294,3 +294,48 @@ def stream_download(
     ) as response:
         response.raise_for_status()
         yield from response.iter_raw()
+
+
+def open_stream(
+    port: int, target: str, headers: dict[str, str] | None = None, rcvbuf: int = 64 * 1024
+) -> tuple[socket.socket, RawResponse]:
+    """Send a GET and read only the response head; the caller reads the body at its own pace."""
+    sock = socket.socket()
+    # A small receive buffer so the kernel cannot soak up the response on the client's behalf.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(30)
+    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed before the response head")
+        data += chunk
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return sock, RawResponse(status=int(status_line.split()[1]), headers=parsed, body=rest)
+
+
+def read_slowly(sock: socket.socket, rate: float, seconds: float, limit: int | None = None) -> int:
+    """Read at about `rate` bytes/s for `seconds` (or until `limit` bytes); returns bytes read."""
+    got = 0
+    started = time.monotonic()
+    piece = max(1024, int(rate / 100))
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed >= seconds or (limit is not None and got >= limit):
+            return got
+        if got > rate * elapsed:
+            time.sleep(min(0.01, (got - rate * elapsed) / rate))
+            continue
+        chunk = sock.recv(piece if limit is None else min(piece, limit - got))
+        if not chunk:
+            return got
+        got += len(chunk)

@@ -31,7 +31,8 @@ def body(response: Any) -> bytes:
 
 @pytest.fixture
 def run(make_run: Any) -> Run:
-    return make_run()
+    made: Run = make_run()
+    return made
 
 
 @pytest.fixture
