@@ -10,7 +10,6 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from runs.recipes import ConfigError
 from runs.state_machine import IllegalTransition
@@ -19,9 +18,17 @@ from runs.state_machine import IllegalTransition
 class ApplicationError(exceptions.APIException):
     """A domain error with its HTTP status, raised from services and views alike."""
 
-    def __init__(self, message: str, *, code: str, status_code: int = 400) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status_code: int = 400,
+        fields: dict[str, list[str]] | None = None,
+    ) -> None:
         super().__init__(detail=message, code=code)
         self.status_code = status_code
+        self.fields = fields
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -36,8 +43,9 @@ def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for key, value in detail.items():
             name = key if not prefix else f"{prefix}.{key}"
-            if key == "non_field_errors" and not prefix:
-                name = "non_field_errors"
+            # A nested object's own errors (e.g. a list's length) are named after the object.
+            if key == "non_field_errors":
+                name = prefix or "non_field_errors"
             out.update(_flatten(value, name))
         return out
     if isinstance(detail, list) and detail and all(isinstance(d, str) for d in detail):
@@ -72,6 +80,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = RequestTooLarge()
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    # Imported here: rest_framework.views imports DEFAULT_PARSER_CLASSES, i.e. this module, so a
+    # top-level import fails for whoever imports this module first (services, the worker).
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -83,7 +95,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         codes = exc.get_codes()
         code = codes if isinstance(codes, str) else exc.default_code
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        result = error_response(response.status_code, str(code), str(message))
+        fields = exc.fields if isinstance(exc, ApplicationError) else None
+        result = error_response(response.status_code, str(code), str(message), fields)
         for header, value in response.items():
             result[header] = value
         return result

@@ -156,7 +156,9 @@ if TUNIX_DOWNLOAD_BACKEND not in ("app", "nginx", "sendfile"):
 TUNIX_NGINX_INTERNAL_LOCATION = os.getenv("TUNIX_NGINX_INTERNAL_LOCATION", "/_tunix_artifacts/")
 # Trace uploads are larger than other requests: one trace may be 1 MB, a batch holds up to 1,000.
 TUNIX_TRACE_MAX_REQUEST_BYTES = envint("TUNIX_TRACE_MAX_REQUEST_BYTES", 2 * 1024 * 1024)
-TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES = envint("TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES", 32 * 1024 * 1024)
+TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES = envint(
+    "TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES", 32 * 1024 * 1024
+)
 
 LOGGING = {
     "version": 1,

@@ -12,4 +12,5 @@ urlpatterns = [
     path("api/schema/", SpectacularJSONAPIView.as_view(), name="api-schema"),
     path("api/tunix/", include("runs.api.urls")),
     path("api/tunix/", include("artifacts.api.urls")),
+    path("api/", include("traces.api.urls")),
 ]

@@ -1,0 +1,379 @@
+"""Input and output shapes of the trace and dataset API."""
+
+import json
+import re
+from typing import Any
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from runs.api.serializers import StrictSerializer
+from traces.formats import FORMATS
+from traces.models import (
+    MAX_BATCH,
+    MAX_DATASET_TRACES,
+    MAX_STEP_CHARS,
+    MAX_STEPS,
+    MAX_TEXT_CHARS,
+    Dataset,
+    DatasetSelection,
+    MetaFilters,
+    MetaScalar,
+    Trace,
+)
+
+# PostgreSQL can store neither in text or jsonb; refusing them here keeps them from becoming a 500.
+BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+BAD_CHARS_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
+MAX_STEP_TYPE_CHARS = 64
+MAX_FILTER_KEYS = 20
+MAX_FILTER_VALUES = 100
+MAX_FILTER_KEY_CHARS = 100
+MAX_FILTER_VALUE_CHARS = 1_000
+# A dataset key is `name-version` and appears in URLs and file names.
+KEY_PART = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# What `?meta=key=value` also reads as a number or boolean, so `difficulty=3` finds `3` and `"3"`.
+JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+
+
+def no_bad_chars(value: str) -> None:
+    if BAD_CHARS.search(value):
+        raise serializers.ValidationError(BAD_CHARS_MESSAGE)
+
+
+def _has_bad_chars(value: Any) -> bool:
+    if isinstance(value, str):
+        return BAD_CHARS.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_bad_chars(k) or _has_bad_chars(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_bad_chars(item) for item in value)
+    return False
+
+
+def _text(max_length: int) -> serializers.CharField:
+    # Prompts and answers are kept exactly as sent, surrounding whitespace included.
+    return serializers.CharField(
+        max_length=max_length, trim_whitespace=False, validators=[no_bad_chars]
+    )
+
+
+STEP_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["i", "type", "content"],
+    "properties": {
+        "i": {"type": "integer", "minimum": 0, "description": "Unique within the trace."},
+        "type": {"type": "string", "minLength": 1, "maxLength": MAX_STEP_TYPE_CHARS},
+        "content": {"type": "string", "maxLength": MAX_STEP_CHARS},
+    },
+}
+
+
+@extend_schema_field({"type": "array", "minItems": 1, "maxItems": MAX_STEPS, "items": STEP_SCHEMA})
+class StepsField(serializers.Field):  # type: ignore[type-arg]
+    """`[{i, type, content}]`, returned in order of `i`.
+
+    Checked by hand rather than by a nested serializer: a batch holds up to a million steps, and
+    a serializer per step would spend most of the request there.
+    """
+
+    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
+        if not isinstance(data, list):
+            raise serializers.ValidationError("Expected a list of steps.")
+        if not 1 <= len(data) <= MAX_STEPS:
+            raise serializers.ValidationError(f"Expected 1 to {MAX_STEPS} steps, got {len(data)}.")
+        errors: dict[str, dict[str, list[str]]] = {}
+        seen: set[int] = set()
+        steps = []
+        for index, step in enumerate(data):
+            problems = self._step_problems(step, seen)
+            if problems:
+                errors[str(index)] = problems
+                continue
+            seen.add(step["i"])
+            steps.append({"i": step["i"], "type": step["type"], "content": step["content"]})
+        if errors:
+            raise serializers.ValidationError(errors)
+        steps.sort(key=lambda step: step["i"])
+        return steps
+
+    @staticmethod
+    def _step_problems(step: Any, seen: set[int]) -> dict[str, list[str]]:
+        if not isinstance(step, dict):
+            return {"non_field_errors": ["Expected an object {i, type, content}."]}
+        problems = {key: ["Unknown field."] for key in step.keys() - {"i", "type", "content"}}
+        for key in ("i", "type", "content"):
+            if key not in step:
+                problems[key] = ["This field is required."]
+        i, kind, content = step.get("i"), step.get("type"), step.get("content")
+        if "i" in step:
+            if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+                problems["i"] = ["Expected an integer >= 0."]
+            elif i in seen:
+                problems["i"] = [f"Duplicate step index {i}."]
+        if "type" in step:
+            if not isinstance(kind, str) or not 1 <= len(kind) <= MAX_STEP_TYPE_CHARS:
+                problems["type"] = [f"Expected a string of 1 to {MAX_STEP_TYPE_CHARS} characters."]
+            elif BAD_CHARS.search(kind):
+                problems["type"] = [BAD_CHARS_MESSAGE]
+        if "content" in step:
+            if not isinstance(content, str):
+                problems["content"] = ["Expected a string."]
+            elif len(content) > MAX_STEP_CHARS:
+                problems["content"] = [
+                    f"Ensure this field has no more than {MAX_STEP_CHARS} characters."
+                ]
+            elif BAD_CHARS.search(content):
+                problems["content"] = [BAD_CHARS_MESSAGE]
+        return problems
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class MetaField(serializers.Field):  # type: ignore[type-arg]
+    """Free-form JSON object, e.g. `{"source": "gsm8k", "difficulty": 3}`."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("Expected a JSON object.")
+        if _has_bad_chars(data):
+            raise serializers.ValidationError(BAD_CHARS_MESSAGE)
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+def _filter_key_problem(key: str) -> str | None:
+    if not 1 <= len(key) <= MAX_FILTER_KEY_CHARS:
+        return f"A meta key has 1 to {MAX_FILTER_KEY_CHARS} characters."
+    if BAD_CHARS.search(key):
+        return BAD_CHARS_MESSAGE
+    return None
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_FILTER_VALUE_CHARS and not BAD_CHARS.search(value)
+    if isinstance(value, float):
+        return value == value and abs(value) != float("inf")
+    return isinstance(value, int)
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": (
+            "Meta key -> value, or -> list of values any of which matches; every key must match."
+        ),
+        "additionalProperties": {
+            "oneOf": [
+                {"type": ["string", "number", "boolean"]},
+                {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+            ]
+        },
+    }
+)
+class MetaFiltersField(serializers.Field):  # type: ignore[type-arg]
+    """`{"source": "gsm8k", "difficulty": [1, 2]}` -> `{"source": ["gsm8k"], ...}`."""
+
+    def to_internal_value(self, data: Any) -> MetaFilters:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("Expected a JSON object of meta key -> value.")
+        if len(data) > MAX_FILTER_KEYS:
+            raise serializers.ValidationError(f"At most {MAX_FILTER_KEYS} keys.")
+        errors: dict[str, list[str]] = {}
+        filters: MetaFilters = {}
+        for key, value in data.items():
+            values = value if isinstance(value, list) else [value]
+            problem = _filter_key_problem(key)
+            if problem is None and not 1 <= len(values) <= MAX_FILTER_VALUES:
+                problem = f"Expected 1 to {MAX_FILTER_VALUES} values."
+            if problem is None and not all(_is_scalar(v) for v in values):
+                problem = (
+                    "Values are strings (at most 1,000 characters), numbers or booleans, "
+                    "or a list of them."
+                )
+            if problem is not None:
+                errors[key] = [problem]
+            else:
+                filters[key] = values
+        if errors:
+            raise serializers.ValidationError(errors)
+        return filters
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class TraceInput(StrictSerializer):
+    trace_version = serializers.IntegerField(min_value=1, max_value=32767, default=1)
+    prompt = _text(MAX_TEXT_CHARS)
+    steps = StepsField()
+    final_answer = _text(MAX_TEXT_CHARS)
+    meta = MetaField(required=False, default=dict)
+
+
+class TraceBatchInput(StrictSerializer):
+    traces: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=TraceInput(), min_length=1, max_length=MAX_BATCH
+    )
+
+
+class TraceBatchOutput(serializers.Serializer[Any]):
+    count = serializers.IntegerField()
+    ids = serializers.ListField(child=serializers.IntegerField(), help_text="In input order.")
+
+
+class TraceListQuery(serializers.Serializer[Any]):
+    meta = serializers.ListField(
+        child=serializers.CharField(max_length=MAX_FILTER_KEY_CHARS + 1 + MAX_FILTER_VALUE_CHARS),
+        required=False,
+        default=list,
+        max_length=MAX_FILTER_KEYS,
+    )
+
+    def validate_meta(self, pairs: list[str]) -> MetaFilters:
+        filters: MetaFilters = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            problem = "Expected key=value." if not sep else _filter_key_problem(key)
+            if problem is None and BAD_CHARS.search(value):
+                problem = BAD_CHARS_MESSAGE
+            if problem is not None:
+                raise serializers.ValidationError(f"{pair!r}: {problem}")
+            filters.setdefault(key, []).extend(self._candidates(value))
+        return filters
+
+    @staticmethod
+    def _candidates(value: str) -> list[MetaScalar]:
+        if value in ("true", "false"):
+            return [value, value == "true"]
+        if JSON_NUMBER.fullmatch(value):
+            number = json.loads(value)
+            if isinstance(number, int) or abs(number) != float("inf"):
+                return [value, number]
+        return [value]
+
+
+class TraceSummaryOutput(serializers.ModelSerializer[Trace]):
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+
+    class Meta:
+        model = Trace
+        fields = [
+            "id",
+            "trace_version",
+            "meta",
+            "step_count",
+            "size_bytes",
+            "created_by",
+            "created_at",
+        ]
+
+
+class TraceOutput(serializers.ModelSerializer[Trace]):
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+    steps = StepsField(read_only=True)
+    meta = MetaField(read_only=True)
+
+    class Meta:
+        model = Trace
+        fields = [
+            "id",
+            "trace_version",
+            "prompt",
+            "steps",
+            "final_answer",
+            "meta",
+            "step_count",
+            "size_bytes",
+            "created_by",
+            "created_at",
+        ]
+
+
+class DatasetBuildInput(StrictSerializer):
+    name = serializers.RegexField(KEY_PART, max_length=100)
+    version = serializers.RegexField(KEY_PART, max_length=50)
+    filters = MetaFiltersField(required=False, default=dict)
+    limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_DATASET_TRACES, default=MAX_DATASET_TRACES
+    )
+    selection = serializers.ChoiceField(
+        choices=DatasetSelection.choices, default=DatasetSelection.LATEST
+    )
+    seed = serializers.IntegerField(
+        min_value=0,
+        max_value=2**63 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Random selection only; one is chosen and recorded when left out.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["seed"] is not None and attrs["selection"] != DatasetSelection.RANDOM:
+            raise serializers.ValidationError({"seed": ["Only random selection takes a seed."]})
+        return attrs
+
+
+class DatasetStatsOutput(serializers.Serializer[Any]):
+    steps_total = serializers.IntegerField()
+    steps_min = serializers.IntegerField()
+    steps_max = serializers.IntegerField()
+    steps_mean = serializers.FloatField()
+    bytes_total = serializers.IntegerField()
+    bytes_mean = serializers.FloatField()
+
+
+class DatasetLinksOutput(serializers.Serializer[Any]):
+    self = serializers.CharField()
+    export = serializers.CharField()
+
+
+class DatasetOutput(serializers.ModelSerializer[Dataset]):
+    created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+    filters = MetaFiltersField(read_only=True)
+    stats = DatasetStatsOutput(read_only=True)
+    trace_ids = serializers.ListField(
+        child=serializers.IntegerField(), read_only=True, help_text="In dataset order."
+    )
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = [
+            "key",
+            "name",
+            "version",
+            "filters",
+            "selection",
+            "seed",
+            "limit",
+            "trace_count",
+            "stats",
+            "trace_ids",
+            "created_by",
+            "created_at",
+            "links",
+        ]
+
+    @extend_schema_field(DatasetLinksOutput)
+    def get_links(self, dataset: Dataset) -> dict[str, str]:
+        base = reverse("api-dataset-detail", kwargs={"key": dataset.key})
+        return {"self": base, "export": f"{base}/export.jsonl?format=tunix_sft"}
+
+
+class DatasetExportQuery(serializers.Serializer[Any]):
+    format = serializers.ChoiceField(choices=sorted(FORMATS), default="tunix_sft")

@@ -1,0 +1,60 @@
+"""Reads of traces and datasets shared by the API, the admin and the worker."""
+
+import json
+from collections.abc import Iterator
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from traces.formats import Renderer
+from traces.models import Dataset, DatasetItem, MetaFilters, Trace
+
+# Traces read per export query: large enough that round trips do not dominate, small enough that a
+# chunk of 1 MB traces stays a modest amount of memory.
+EXPORT_CHUNK = 200
+
+
+def dataset_exists(key: str) -> bool:
+    return Dataset.objects.filter(key=key).exists()
+
+
+def dataset_get_or_404(key: str) -> Dataset:
+    try:
+        return Dataset.objects.select_related("created_by").get(key=key)
+    except Dataset.DoesNotExist as exc:
+        raise Http404("No such dataset.") from exc
+
+
+def trace_get_or_404(trace_id: str | int) -> Trace:
+    """A malformed id is as unknown as a missing one: both are 404."""
+    try:
+        return Trace.objects.select_related("created_by").get(pk=int(trace_id))
+    except (ValueError, OverflowError, Trace.DoesNotExist) as exc:
+        raise Http404("No such trace.") from exc
+
+
+def trace_list(*, meta: MetaFilters | None = None) -> QuerySet[Trace]:
+    """Newest first, without the large columns a listing does not show."""
+    traces = Trace.objects.matching(meta or {}).select_related("created_by")
+    return traces.defer("prompt", "steps", "final_answer").order_by("-id")
+
+
+def dataset_jsonl_chunks(dataset: Dataset, render: Renderer) -> Iterator[bytes]:
+    """The dataset as JSONL, one query and one bytes chunk per EXPORT_CHUNK traces.
+
+    Each chunk is read by position range rather than from an open cursor, so the iterator holds no
+    database state between chunks and may be advanced from any thread.
+    """
+    for start in range(0, dataset.trace_count, EXPORT_CHUNK):
+        rows = (
+            DatasetItem.objects.filter(
+                dataset=dataset, position__gte=start, position__lt=start + EXPORT_CHUNK
+            )
+            .order_by("position")
+            .values_list("trace__prompt", "trace__steps", "trace__final_answer")
+        )
+        yield b"".join(_jsonl_line(render(*row)) for row in rows)
+
+
+def _jsonl_line(record: dict[str, str]) -> bytes:
+    return json.dumps(record, ensure_ascii=False).encode() + b"\n"
