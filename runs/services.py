@@ -57,6 +57,7 @@ def run_enqueue(
     timeout_seconds: int | None = None,
     max_attempts: int = 1,
     cancel_grace_seconds: float | None = None,
+    requeued_from: Run | None = None,
 ) -> Run:
     found, cleaned = run_validate(recipe=recipe, config=config)
     with transaction.atomic():
@@ -73,6 +74,7 @@ def run_enqueue(
             created_by=created_by
             if created_by is not None and created_by.is_authenticated
             else None,
+            requeued_from=requeued_from,
         )
         transaction.on_commit(lambda: notify.run_changed(run.pk, RunStatus.PENDING))
     return run
@@ -115,6 +117,30 @@ def run_cancel(*, run_id: uuid.UUID, user: UserLike | None, reason: str = "") ->
                 run.pk, RunStatus.CANCEL_REQUESTED, reason=f"cancel requested by {who}{suffix}"
             )
         raise IllegalTransition(run.pk, run.status, RunStatus.CANCELLED)
+
+
+def run_requeue(*, run_id: uuid.UUID, user: UserLike | None) -> Run:
+    """Copy a finished run into a new pending run linked to it; the original stays as it was.
+
+    The copy goes through `run_enqueue`, so a recipe that has since been removed or tightened
+    refuses it with the same field errors as a new run.
+    """
+    original = Run.objects.get(pk=run_id)
+    if original.status not in TERMINAL_STATUSES:
+        raise IllegalTransition(original.pk, original.status, RunStatus.PENDING)
+    return run_enqueue(
+        recipe=original.recipe,
+        created_by=user,
+        config=original.config,
+        name=original.name,
+        model_id=original.model_id,
+        dataset_key=original.dataset_key,
+        priority=original.priority,
+        timeout_seconds=original.timeout_seconds,
+        max_attempts=original.max_attempts,
+        cancel_grace_seconds=original.cancel_grace_seconds,
+        requeued_from=original,
+    )
 
 
 def run_wait(*, run_id: uuid.UUID, timeout: float, interval: float = 0.1) -> Run:
