@@ -160,6 +160,18 @@ TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES = envint(
     "TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES", 32 * 1024 * 1024
 )
 
+# Live logs (Server-Sent Events). django-eventstream reads the log-chunk table through this class.
+EVENTSTREAM_STORAGE_CLASS = "runs.eventstream.LogChunkStorage"
+# An idle stream sends a `heartbeat` event this often, so clients can tell quiet from dead.
+TUNIX_SSE_HEARTBEAT_SECONDS = envfloat("TUNIX_SSE_HEARTBEAT_SECONDS", 15.0)
+# How often open streams look for new chunks when no LISTEN connection serves them (SQLite, or
+# while PostgreSQL is unreachable).
+TUNIX_SSE_POLL_SECONDS = envfloat("TUNIX_SSE_POLL_SECONDS", 0.2)
+# A stream whose client has not drained its socket buffer for this long is closed.
+TUNIX_SSE_STALL_SECONDS = envfloat("TUNIX_SSE_STALL_SECONDS", 60.0)
+# Threads (each with its own database connection) that read logs for all streams of a process.
+TUNIX_SSE_DB_THREADS = envint("TUNIX_SSE_DB_THREADS", 2)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs.api import views
+from runs.api import logs, views
 
 urlpatterns = [
     path("run", views.RunCreateApi.as_view(), name="api-run-create"),
@@ -8,4 +8,10 @@ urlpatterns = [
     path("runs/<str:run_id>", views.RunDetailApi.as_view(), name="api-run-detail"),
     path("runs/<str:run_id>/status", views.RunStatusApi.as_view(), name="api-run-status"),
     path("runs/<str:run_id>/cancel", views.RunCancelApi.as_view(), name="api-run-cancel"),
+    path("runs/<str:run_id>/logs", logs.LogStreamApi.as_view(), name="api-run-logs"),
+    path(
+        "runs/<str:run_id>/logs/snapshot",
+        logs.LogSnapshotApi.as_view(),
+        name="api-run-logs-snapshot",
+    ),
 ]

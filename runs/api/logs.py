@@ -1,0 +1,133 @@
+"""Live logs API: the SSE stream of a run and the snapshot a page paints first."""
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.http import HttpResponse
+from django_eventstream.utils import add_default_headers
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.renderers import BaseRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from runs import selectors, sse
+from runs.api.views import ERROR
+from runs.eventstream import MAX_SEQ, log_channel, resume_after
+from tunixops.api import ApplicationError
+
+SNAPSHOT_MAX_LINES = 10_000
+
+
+class LogStreamQuery(serializers.Serializer[Any]):
+    since_seq = serializers.IntegerField(min_value=0, max_value=MAX_SEQ, required=False)
+    # What django-eventstream clients send when they cannot set the Last-Event-ID header.
+    lastEventId = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class LogSnapshotQuery(serializers.Serializer[Any]):
+    lines = serializers.IntegerField(min_value=0, max_value=SNAPSHOT_MAX_LINES, default=200)
+
+
+class LogLineOutput(serializers.Serializer[Any]):
+    seq = serializers.IntegerField()
+    stream = serializers.CharField()
+    text = serializers.CharField()
+
+
+class LogSnapshotOutput(serializers.Serializer[Any]):
+    run_id = serializers.UUIDField()
+    lines = LogLineOutput(many=True)
+    last_seq = serializers.IntegerField()
+    truncated = serializers.BooleanField()
+
+
+class JSONErrorsNegotiation(BaseContentNegotiation):
+    """EventSource sends `Accept: text/event-stream`; errors still answer in the API's JSON."""
+
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser:
+        return next(iter(parsers))
+
+    def select_renderer(
+        self,
+        request: Request,
+        renderers: Iterable[BaseRenderer],
+        format_suffix: str | None = None,
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, str(renderer.media_type)
+
+
+class LogStreamApi(APIView):
+    content_negotiation_class = JSONErrorsNegotiation
+
+    @extend_schema(
+        operation_id="run_logs_stream",
+        parameters=[
+            LogStreamQuery,
+            OpenApiParameter(
+                "Last-Event-ID",
+                str,
+                OpenApiParameter.HEADER,
+                description="Resume after this event; wins over `since_seq`.",
+            ),
+        ],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                description=(
+                    "Events: `log` `{seq, stream, chunk, created_at}` with id `run-<id>:<seq>`; "
+                    "`status` `{status, status_reason, exit_code, finished_at}` on connect and "
+                    "on every change; `heartbeat` when idle. Without `since_seq` or "
+                    "`Last-Event-ID` it starts at the first chunk. A terminal `status` is the "
+                    "last event: the stream then closes."
+                )
+            ),
+            400: ERROR,
+            401: ERROR,
+            404: ERROR,
+            501: ERROR,
+        },
+    )
+    def get(self, request: Request, run_id: str) -> HttpResponse:
+        run = selectors.run_get_or_404(run_id)
+        query = LogStreamQuery(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        channel = log_channel(run.pk)
+        # A malformed or foreign id is ignored, never refused: see resume_after().
+        after = resume_after(request.headers.get("Last-Event-ID"), channel)
+        if after is None:
+            after = resume_after(query.validated_data.get("lastEventId"), channel)
+        if after is None:
+            after = query.validated_data.get("since_seq", 0)
+        response = HttpResponse(content_type="text/event-stream")
+        add_default_headers(response, request=request)
+        if request.method == "HEAD":
+            return response
+        if not sse.hand_off(request, sse.StreamStart(run_id=run.pk, after_seq=after)):
+            raise ApplicationError(
+                "Live logs need the ASGI server: daphne tunixops.asgi:application.",
+                code="asgi_required",
+                status_code=501,
+            )
+        return response
+
+
+class LogSnapshotApi(APIView):
+    @extend_schema(
+        operation_id="run_logs_snapshot",
+        parameters=[LogSnapshotQuery],
+        responses={200: LogSnapshotOutput, 400: ERROR, 401: ERROR, 404: ERROR},
+        description=(
+            "The last `lines` lines (default 200, at most 10,000) for a fast first paint; then "
+            "open the stream with `since_seq=last_seq`. `truncated` says earlier lines exist."
+        ),
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        run = selectors.run_get_or_404(run_id)
+        query = LogSnapshotQuery(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        snapshot = sse.log_snapshot(run.pk, lines=query.validated_data["lines"])
+        return Response(LogSnapshotOutput(snapshot).data)
