@@ -19,11 +19,13 @@ from typing import IO
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
+from artifacts.services import artifacts_sync
 from runs.logsink import LogSink
 from runs.models import LogStream, Run, RunStatus
 from runs.recipes import Recipe, get_recipe
 from runs.services import run_dir
 from runs.state_machine import IllegalTransition, transition
+from traces.services import dataset_write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,6 @@ def prepare(run: Run) -> tuple[list[str], dict[str, str], Path]:
 
 
 def _write_dataset(key: str, directory: Path) -> Path:
-    try:
-        from traces.services import dataset_write_jsonl
-    except ImportError as exc:
-        raise RunSetupError("datasets are not available in this deployment") from exc
     path = directory / "dataset.jsonl"
     try:
         dataset_write_jsonl(key=key, path=path)
@@ -133,6 +131,7 @@ class Execution:
         self.outcome: Outcome | None = None
         self._stop: StopRequest | None = None
         self._stop_event = threading.Event()
+        self._child_done = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"run-{run.pk}", daemon=True)
 
     def start(self) -> None:
@@ -191,13 +190,36 @@ class Execution:
                 self._reader(self.process.stdout, "stdout"),
                 self._reader(self.process.stderr, "stderr"),
             ]
+            syncer = threading.Thread(
+                target=self._sync_artifacts_while_running, name=f"artifacts-{self.run_id}"
+            )
+            syncer.start()
             code = self._supervise(self.process)
             self._kill_group(signal.SIGKILL)  # whatever the child left behind goes with it
             for reader in readers:
                 reader.join(10)
+            self._child_done.set()
+            syncer.join()
         finally:
             self.sink.close()
+        # Registered before the terminal status, so a finished run lists all its files.
+        self._sync_artifacts()
         return self._outcome(code)
+
+    def _sync_artifacts_while_running(self) -> None:
+        """Register checkpoints as they commit, off the log-capture and supervision paths."""
+        try:
+            while not self._child_done.wait(settings.TUNIX_ARTIFACT_SYNC_SECONDS):
+                self._sync_artifacts()
+        finally:
+            connection.close()
+
+    def _sync_artifacts(self) -> None:
+        try:
+            artifacts_sync(run_id=self.run_id)
+        except Exception:
+            # A registry hiccup must not fail the training run; the next sync catches up.
+            log.exception("run %s: artifact sync failed", self.run_id)
 
     def _reader(self, pipe: IO[bytes] | None, stream: str) -> threading.Thread:
         assert pipe is not None

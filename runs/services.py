@@ -14,6 +14,7 @@ from runs import notify
 from runs.models import TERMINAL_STATUSES, Run, RunStatus
 from runs.recipes import ConfigError, Recipe, get_recipe
 from runs.state_machine import IllegalTransition, transition
+from traces.selectors import dataset_exists
 
 # What the dry-run shows in place of real paths, which never leave the server.
 DISPLAY_PYTHON = "python"
@@ -40,9 +41,14 @@ def run_dir(run_id: uuid.UUID) -> Path:
     return Path(settings.TUNIX_ARTIFACT_ROOT) / str(run_id)
 
 
-def run_validate(*, recipe: str, config: Any) -> tuple[Recipe, dict[str, Any]]:
+def run_validate(
+    *, recipe: str, config: Any, dataset_key: str | None = None
+) -> tuple[Recipe, dict[str, Any]]:
     found = recipe_or_error(recipe)
-    return found, found.clean_config(config)
+    cleaned = found.clean_config(config)
+    if dataset_key and not dataset_exists(dataset_key):
+        raise ConfigError({"dataset_key": [f"unknown dataset {dataset_key!r}"]})
+    return found, cleaned
 
 
 def run_enqueue(
@@ -59,7 +65,7 @@ def run_enqueue(
     cancel_grace_seconds: float | None = None,
     requeued_from: Run | None = None,
 ) -> Run:
-    found, cleaned = run_validate(recipe=recipe, config=config)
+    found, cleaned = run_validate(recipe=recipe, config=config, dataset_key=dataset_key)
     with transaction.atomic():
         run = Run.objects.create(
             recipe=found.name,
@@ -84,7 +90,7 @@ def run_dry_run(
     *, recipe: str, config: Any, model_id: str = "", dataset_key: str | None = None
 ) -> dict[str, Any]:
     """What the worker would execute, without storing anything."""
-    found, cleaned = run_validate(recipe=recipe, config=config)
+    found, cleaned = run_validate(recipe=recipe, config=config, dataset_key=dataset_key)
     argv = found.render_argv(
         python=DISPLAY_PYTHON,
         run_dir=DISPLAY_RUN_DIR,

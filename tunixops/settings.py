@@ -147,6 +147,8 @@ TUNIX_HEARTBEAT_SECONDS = envfloat("TUNIX_HEARTBEAT_SECONDS", 5.0)
 TUNIX_CANCEL_GRACE_SECONDS = envfloat("TUNIX_CANCEL_GRACE_SECONDS", 10.0)
 TUNIX_POLL_INTERVAL_SECONDS = envfloat("TUNIX_POLL_INTERVAL_SECONDS", 1.0)
 TUNIX_DEFAULT_TIMEOUT_SECONDS = envint("TUNIX_DEFAULT_TIMEOUT_SECONDS", 6 * 3600)
+# How often a running run's new checkpoint files are registered as artifacts.
+TUNIX_ARTIFACT_SYNC_SECONDS = envfloat("TUNIX_ARTIFACT_SYNC_SECONDS", 5.0)
 # Who sends a downloaded artifact's bytes once the app has checked access and path:
 # `app` streams them from daphne; `nginx` answers with X-Accel-Redirect to the internal location
 # below (see deploy/nginx.conf); `sendfile` answers with X-Sendfile for Apache or lighttpd.
