@@ -145,3 +145,60 @@ class LogChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.run_id}#{self.seq}"
+
+
+class RunMetric(models.Model):
+    """One training step's numbers, parsed by the worker from the run's `tunixops.metric` lines.
+
+    `values` maps each metric name (loss, perplexity, learning_rate, ...) to a number, or to null
+    where the recipe reported a non-finite one. A step reported again (a retried attempt that
+    resumed from a checkpoint) replaces the earlier values.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics")
+    step = models.PositiveIntegerField()
+    values = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "tunix_run_metrics"
+        ordering = ["run", "step"]
+        constraints = [
+            # Also the index of every series read: `WHERE run_id = %s AND step > %s ORDER BY step`,
+            # and the conflict target of the worker's upsert.
+            models.UniqueConstraint(fields=["run", "step"], name="tunix_run_metrics_run_step_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}@{self.step}"
+
+
+class WorkerHeartbeatQuerySet(models.QuerySet["WorkerHeartbeat"]):
+    def fresh(self, now: datetime, lease_seconds: float) -> "WorkerHeartbeatQuerySet":
+        return self.filter(last_seen__gte=now - timedelta(seconds=lease_seconds))
+
+    def forgotten(self, now: datetime, after_seconds: float) -> "WorkerHeartbeatQuerySet":
+        return self.filter(last_seen__lt=now - timedelta(seconds=after_seconds))
+
+
+class WorkerHeartbeat(models.Model):
+    """A worker process's sign of life, renewed every heartbeat even while it has no run.
+
+    Readiness counts the fresh ones; metrics export each one's `last_seen`. A worker that stops
+    cleanly deletes its row; a dead worker's row stays until it is forgotten, so its silence shows.
+    """
+
+    worker_id = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField()
+
+    objects = WorkerHeartbeatQuerySet.as_manager()
+
+    class Meta:
+        db_table = "tunix_worker_heartbeats"
+        ordering = ["worker_id"]
+
+    def __str__(self) -> str:
+        return self.worker_id
