@@ -1,0 +1,82 @@
+"""Worker faults and load: floods, many workers, sudden death. Each test is bounded in time."""
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+from django.db.models import Sum
+from django.db.models.functions import Length
+
+from runs.models import LogChunk, Run, RunStatus
+from runs.services import run_dir
+from tests.runs.helpers import enqueue_child, log_text, status_of, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("child_recipes")]
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_child_printing_a_gigabyte_is_bounded_in_the_database_and_the_worker(
+    alice: Any, spawn_worker: Any
+) -> None:
+    limit = 20 * 1024 * 1024
+    run = enqueue_child(alice, flood_bytes=10**9, timeout_seconds=300)
+    worker = spawn_worker("--once", TUNIX_LOG_MAX_BYTES=str(limit))
+    # Sample the worker's peak RSS while it is still alive, just before it exits.
+    wait_for(lambda: status_of(run) in {RunStatus.COMPLETED, RunStatus.FAILED}, timeout=240)
+    peak = peak_rss_mb(worker.pid) if worker.poll() is None else None
+    assert worker.wait(60) == 0
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED, run.status_reason
+    assert run.log_truncated
+    stored = LogChunk.objects.filter(run=run).aggregate(s=Sum(Length("chunk")))["s"]
+    assert stored <= limit + 1024
+    assert run.stdout_tail.endswith("y" * 99 + "\n")
+    if peak is not None:
+        assert peak < 400, f"worker peak RSS {peak:.0f} MB"
+
+
+def test_four_workers_execute_five_hundred_runs_exactly_once(alice: Any, spawn_worker: Any) -> None:
+    runs = [enqueue_child(alice, lines=1) for _ in range(500)]
+    workers = [
+        spawn_worker("--once", "--worker-id", f"w{i}", "--poll-interval", "0.05") for i in range(4)
+    ]
+    for proc in workers:
+        assert proc.wait(600) == 0
+    assert Run.objects.filter(status=RunStatus.COMPLETED).count() == 500
+    assert set(Run.objects.values_list("attempt", flat=True)) == {1}
+    lines = dict(
+        LogChunk.objects.filter(run__in=runs).values_list("run_id").annotate(n=Sum(Length("chunk")))
+    )
+    assert all(lines[r.pk] == len("line 1\n") for r in runs)
+
+
+def test_a_sigkilled_worker_loses_no_flushed_line_and_its_run_is_retried(
+    alice: Any, spawn_worker: Any
+) -> None:
+    run = enqueue_child(alice, lines=5, rate=50, sleep=60, max_attempts=2)
+    env = {"TUNIX_LEASE_SECONDS": "2", "TUNIX_HEARTBEAT_SECONDS": "0.5"}
+    doomed = spawn_worker("--worker-id", "doomed", "--poll-interval", "0.1", **env)
+    wait_for(lambda: "line 5\n" in log_text(run))
+    began = time.monotonic()
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+    spawn_worker("--worker-id", "rescuer", "--poll-interval", "0.1", **env)
+    wait_for(lambda: Run.objects.get(pk=run.pk).attempt == 2, timeout=20)
+    assert time.monotonic() - began < 2 + 5, "reclaimed within the lease (plus a sweep)"
+    run.refresh_from_db()
+    assert run.worker_id == "rescuer" and run.status == RunStatus.RUNNING
+    # The first attempt's lines are all there; the second attempt appends after them.
+    wait_for(lambda: log_text(run).count("line 5\n") == 2, timeout=20)
+    seqs = list(LogChunk.objects.filter(run=run).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert not Run.objects.filter(status=RunStatus.RUNNING, worker_id="doomed").exists()
+    assert os.path.isdir(run_dir(run.pk))
