@@ -12,8 +12,10 @@ ask for the same rows at the same moment share one query.
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -124,15 +126,34 @@ def _on_own_connection(fn: Callable[..., T], *args: Any) -> T:
 
 
 _executor: ThreadPoolExecutor | None = None
+_executor_threads = 0
 
 
 def _pool() -> ThreadPoolExecutor:
-    global _executor
+    global _executor, _executor_threads
     if _executor is None:
-        _executor = ThreadPoolExecutor(
-            max_workers=settings.TUNIX_SSE_DB_THREADS, thread_name_prefix="sse-db"
-        )
+        _executor_threads = settings.TUNIX_SSE_DB_THREADS
+        _executor = ThreadPoolExecutor(max_workers=_executor_threads, thread_name_prefix="sse-db")
     return _executor
+
+
+def close_pool() -> None:
+    """Close the read pool's database connections and stop its threads."""
+    global _executor
+    executor, _executor = _executor, None
+    if executor is None:
+        return
+    # Every task waits for all the others, so each thread runs exactly one of them.
+    barrier = threading.Barrier(_executor_threads)
+
+    def close_own_connection() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
+        connection.close()
+
+    for done in [executor.submit(close_own_connection) for _ in range(_executor_threads)]:
+        done.result()
+    executor.shutdown()
 
 
 # -- the hub ----------------------------------------------------------------------------------

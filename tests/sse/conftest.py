@@ -47,8 +47,8 @@ def daphne(log_dir: Path, **env: str) -> Iterator[Server]:
         TUNIX_SSE_HEARTBEAT_SECONDS="0.5",
         TUNIX_SSE_POLL_SECONDS="0.1",
         PYTHONUNBUFFERED="1",
-        **env,
     )
+    environ.update(env)
     argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(

@@ -336,3 +336,23 @@ def test_a_client_that_stops_reading_does_not_grow_server_memory(
         stalled.close()
     events = read_all(client, stream_url(server.url, run.pk), headers=auth(token))
     assert logs_of(events) == list(range(1, 513))
+
+
+def test_a_snapshot_then_a_stream_from_its_last_seq_misses_nothing(
+    server: Server, client: httpx.Client, token: str, make_run: Any
+) -> None:
+    run = make_run(status=RunStatus.RUNNING)
+    append(run.pk, "a\nb\n", "c\n")
+    snapshot = client.get(
+        f"{server.url}/api/tunix/runs/{run.pk}/logs/snapshot", headers=auth(token)
+    ).json()
+    assert [line["text"] for line in snapshot["lines"]] == ["a", "b", "c"]
+    append(run.pk, "d\n")
+    transition(run.pk, RunStatus.COMPLETED, exit_code=0)
+    events = read_all(
+        client,
+        stream_url(server.url, run.pk),
+        headers=auth(token),
+        params={"since_seq": snapshot["last_seq"]},
+    )
+    assert [e.json()["chunk"] for e in events if e.event == "log"] == ["d\n"]
