@@ -22,6 +22,9 @@ def test_the_admin_lists_and_shows_traces_read_only(admin_browser: Client) -> No
     listing = admin_browser.get("/admin/traces/trace/")
     assert listing.status_code == 200
     assert f"trace {trace.pk}" in listing.content.decode()
+    found = admin_browser.get(f"/admin/traces/trace/?q={trace.pk}")
+    assert f"trace {trace.pk}" in found.content.decode()
+    assert admin_browser.get("/admin/traces/trace/?q=abc").status_code == 200
     page = admin_browser.get(f"/admin/traces/trace/{trace.pk}/change/")
     assert page.status_code == 200
     assert "What is 0 + 0?" in page.content.decode()

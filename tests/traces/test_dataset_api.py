@@ -157,6 +157,14 @@ def test_it_rejects_a_bad_build_with_a_field_error(
     assert not Dataset.objects.exists()
 
 
+def test_it_rejects_a_filter_number_json_reads_as_infinity(api: APIClient) -> None:
+    make_traces(1)
+    body = '{"name": "arith", "version": "v1", "filters": {"n": 1e999}}'
+    response = api.post("/api/datasets/build", body, content_type="application/json")
+    assert response.status_code == 400
+    assert "Values are strings" in response.json()["error"]["fields"]["filters.n"][0]
+
+
 def test_it_shows_a_dataset_by_key(api: APIClient) -> None:
     make_traces(2)
     built = build(api).json()

@@ -92,6 +92,8 @@ def test_it_keeps_text_exactly_as_sent_and_stores_steps_in_order_of_i(api: APICl
         ({"prompt": "nul\x00"}, "prompt", "Null characters"),
         ({"final_answer": "half \ud800 pair"}, "final_answer", "surrogates"),
         ({"meta": {"source": "\ud83d"}}, "meta", "surrogates"),
+        ({"meta": {"tags": ["ok", {"deep": "nul\x00"}]}}, "meta", "NUL"),
+        ({"steps": [{"i": 0, "type": "th\x00ought", "content": "c"}]}, "steps.0.type", "NUL"),
         ({"meta": ["source"]}, "meta", "JSON object"),
         ({"trace_version": 0}, "trace_version", "greater than or equal to 1"),
         ({"verdict": "good"}, "verdict", "Unknown field"),
@@ -314,6 +316,13 @@ def test_a_meta_filter_key_is_data_not_a_lookup(api: APIClient) -> None:
     for query in ("meta=a__contains=x", "meta=a+key.with+%27quotes%27%3Dy%3Dz"):
         results = api.get(f"/api/traces?{query}").json()["results"]
         assert [item["id"] for item in results] == [odd[0].pk], query
+
+
+def test_a_meta_filter_value_too_large_for_a_float_is_matched_as_text(api: APIClient) -> None:
+    text = make_traces(1, big="1e999")
+    make_traces(1, start=1, big=1)
+    response = api.get("/api/traces?meta=big=1e999")
+    assert [item["id"] for item in response.json()["results"]] == [text[0].pk]
 
 
 @pytest.mark.parametrize("query", ["meta=novalue", "meta==x", "meta=k=%00"])
