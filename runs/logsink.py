@@ -6,6 +6,9 @@ rather than one per line, while a quiet child's line is written as soon as it ar
 is bounded: when the database is slow or away, `write()` blocks, the pipe fills and the child
 waits. Nothing the child prints is dropped; past `max_bytes` it is no longer stored, which the run
 records, and the tails of both streams are always kept.
+
+Training metric lines on stdout (runs/training_metrics.py) are parsed on the way in and stored as
+`RunMetric` rows in the same transaction as the batch's chunks, however large the log has grown.
 """
 
 import codecs
@@ -21,7 +24,9 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from runs import notify
-from runs.models import LogChunk, LogStream, Run
+from runs.models import LogChunk, LogStream, Run, RunMetric
+from runs.training_metrics import MetricLineReader, MetricPoint, Values
+from tunixops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,8 @@ class LogSink:
         }
         self._partials = {s: _Partial() for s in LogStream}
         self._queue: deque[tuple[str, str]] = deque()
+        self._metric_reader = MetricLineReader()
+        self._metric_points: list[MetricPoint] = []
         self._queued_chars = 0
         self._cond = threading.Condition()
         self._closing = False
@@ -81,7 +88,7 @@ class LogSink:
         """Take raw bytes from one pipe; blocks while the buffer is full (backpressure)."""
         text = self._decoders[LogStream(stream)].decode(data)
         if text:
-            self._add(LogStream(stream), text)
+            self._add(LogStream(stream), text, points=self._read_metrics(stream, text))
 
     def system(self, message: str) -> None:
         """A line from TunixOps itself, shown in the run's log like the child's own."""
@@ -92,8 +99,9 @@ class LogSink:
         for stream, decoder in self._decoders.items():
             rest = decoder.decode(b"", final=True)
             if rest:
-                self._add(stream, rest)
+                self._add(stream, rest, points=self._read_metrics(stream, rest))
         with self._cond:
+            self._metric_points.extend(self._metric_reader.finish())
             for stream in LogStream:
                 self._flush_partial(stream)
             self._closing = True
@@ -101,12 +109,25 @@ class LogSink:
         if self._writer is not None:
             self._writer.join(timeout)
 
-    def _add(self, stream: LogStream, text: str, *, whole: bool = False) -> None:
+    def _read_metrics(self, stream: str, text: str) -> list[MetricPoint]:
+        # Only the stdout reader thread feeds the reader, so it needs no lock.
+        return self._metric_reader.feed(text) if stream == LogStream.STDOUT else []
+
+    def _add(
+        self,
+        stream: LogStream,
+        text: str,
+        *,
+        whole: bool = False,
+        points: list[MetricPoint] | None = None,
+    ) -> None:
         tail = self.tails[stream] + text
         self.tails[stream] = tail[-TAIL_CHARS:]
         with self._cond:
             while self._queued_chars >= self.buffer_limit and not self._closing:
                 self._cond.wait(0.5)
+            if points:
+                self._metric_points.extend(points)
             partial = self._partials[stream]
             if whole:
                 # Keep a half-written child line and our own line apart.
@@ -141,14 +162,14 @@ class LogSink:
 
     # -- writer side -------------------------------------------------------------------------
 
-    def _take_batch(self) -> list[tuple[str, str]] | None:
+    def _take_batch(self) -> tuple[list[tuple[str, str]], list[MetricPoint]] | None:
         with self._cond:
             while True:
                 now = time.monotonic()
                 for stream, partial in self._partials.items():
                     if partial.text and now - partial.since >= self.flush_interval:
                         self._flush_partial(stream)
-                if self._queue:
+                if self._queue or self._metric_points:
                     break
                 if self._closing:
                     return None
@@ -160,22 +181,25 @@ class LogSink:
                 batch.append(item)
                 size += len(item[1])
             self._queued_chars -= size
+            points, self._metric_points = self._metric_points, []
             self._cond.notify_all()
-            return batch
+            return batch, points
 
     def _write_loop(self) -> None:
         try:
-            while (batch := self._take_batch()) is not None:
-                self._store_with_retry(batch)
+            while (taken := self._take_batch()) is not None:
+                self._store_with_retry(*taken)
         finally:
             connection.close()
 
-    def _store_with_retry(self, batch: list[tuple[str, str]]) -> None:
+    def _store_with_retry(self, batch: list[tuple[str, str]], points: list[MetricPoint]) -> None:
         rows = self._budget(batch)
+        # One row per step: within a batch, as in the table, the latest report of a step wins.
+        steps = {point.step: point.values for point in points}
         delay = 0.1
         while True:
             try:
-                self._store(rows)
+                self._store(rows, steps)
                 return
             except IntegrityError:
                 # The commit landed but its acknowledgement was lost: keep what is stored.
@@ -220,12 +244,20 @@ class LogSink:
             self._stored_bytes += size
         return rows
 
-    def _store(self, rows: list[tuple[int, str, str]]) -> None:
-        if not rows:
+    def _store(self, rows: list[tuple[int, str, str]], steps: dict[int, Values]) -> None:
+        if not rows and not steps:
             return
         now = timezone.now()
         added = sum(len(text.encode()) for _, _, text in rows)
         with transaction.atomic():
+            if steps:
+                # An upsert, so a retried batch or a resumed attempt rewrites rather than fails.
+                RunMetric.objects.bulk_create(
+                    [RunMetric(run_id=self.run_id, step=s, values=v) for s, v in steps.items()],
+                    update_conflicts=True,
+                    unique_fields=["run", "step"],
+                    update_fields=["values"],
+                )
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
                     copy_sql = (
@@ -243,5 +275,7 @@ class LogSink:
             Run.objects.filter(pk=self.run_id).update(
                 log_bytes=F("log_bytes") + added, log_truncated=self.truncated
             )
-            last_seq = rows[-1][0]
+            # Metrics without chunks (the log is truncated) still wake the run's streams.
+            last_seq = rows[-1][0] if rows else self._next_seq - 1
             transaction.on_commit(lambda: notify.logs_appended(self.run_id, last_seq))
+        metrics.log_stored(chunks=len(rows), size=added)

@@ -4,7 +4,9 @@ Any number of workers on any number of hosts share one queue. A claim is a short
 that takes the best pending row with `FOR UPDATE SKIP LOCKED` and moves it to `running` through
 the state machine, so two workers never start the same run. Each claimed run holds a lease,
 renewed by heartbeat; a run whose heartbeat is older than `TUNIX_LEASE_SECONDS` belongs to a dead
-worker and any live worker puts it back (or fails it when it is out of attempts).
+worker and any live worker puts it back (or fails it when it is out of attempts). The worker's own
+heartbeat row (`WorkerHeartbeat`) is renewed on the same beat, busy or idle, for readiness checks
+and metrics.
 """
 
 import logging
@@ -15,6 +17,7 @@ import threading
 import time
 import uuid
 from types import FrameType
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -22,10 +25,18 @@ from django.utils import timezone
 
 from runs import notify
 from runs.executor import Execution
-from runs.models import Run, RunStatus
+from runs.models import Run, RunStatus, WorkerHeartbeat
 from runs.state_machine import IllegalTransition, transition
 
 log = logging.getLogger(__name__)
+
+# A dead worker's heartbeat row is kept this long, so its silence shows in metrics, then dropped.
+FORGET_WORKER_SECONDS = 24 * 3600
+
+
+def about(run_id: uuid.UUID) -> dict[str, Any]:
+    """`extra` for a log record about a run: structured (JSON) logs carry its id as a field."""
+    return {"run_id": str(run_id)}
 
 
 def default_worker_id() -> str:
@@ -55,7 +66,9 @@ class Worker:
         self.listener = notify.Listener((notify.RUNS_CHANNEL,))
         self._lock = threading.Lock()
         self._next_heartbeat = 0.0
+        self._next_presence = 0.0
         self._next_sweep = 0.0
+        self._started_at = timezone.now()
         self._cancels_seen: set[uuid.UUID] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -89,6 +102,7 @@ class Worker:
             for execution in list(self.executions.values()):
                 execution.join()
             self.listener.close()
+            self._forget_self()
             connection.close()
         log.info("worker %s: stopped after %d run(s)", self.worker_id, self.started)
         return self.started
@@ -114,8 +128,12 @@ class Worker:
             self.listener.wait(self._wait_time())
 
     def _wait_time(self) -> float:
-        until_heartbeat = max(self._next_heartbeat - time.monotonic(), 0.0)
-        return min(self.poll_interval, until_heartbeat) if self.executions else self.poll_interval
+        due = (
+            min(self._next_heartbeat, self._next_presence)
+            if self.executions
+            else self._next_presence
+        )
+        return min(self.poll_interval, max(due - time.monotonic(), 0.0))
 
     # -- one turn of the loop ----------------------------------------------------------------
 
@@ -123,8 +141,12 @@ class Worker:
         """Do what is due; return whether a run was claimed (then look again at once)."""
         self._reap()
         now = time.monotonic()
+        if now >= self._next_presence:
+            self.beat()
+            self._next_presence = now + self.heartbeat_seconds
         if now >= self._next_sweep:
             self.reclaim_stale()
+            self.forget_dead_workers()
             self._next_sweep = now + max(self.lease_seconds / 3, 1.0)
         if self.executions:
             self.check_cancels()
@@ -156,7 +178,13 @@ class Worker:
             )
 
     def _start(self, run: Run) -> None:
-        log.info("run %s: claimed by %s (attempt %d)", run.pk, self.worker_id, run.attempt)
+        log.info(
+            "run %s: claimed by %s (attempt %d)",
+            run.pk,
+            self.worker_id,
+            run.attempt,
+            extra=about(run.pk),
+        )
         execution = Execution(run, worker_id=self.worker_id, on_done=self._on_done)
         with self._lock:
             self.executions[run.pk] = execution
@@ -164,7 +192,12 @@ class Worker:
         execution.start()
 
     def _on_done(self, execution: Execution) -> None:
-        log.info("run %s: finished as %s", execution.run_id, execution.outcome)
+        log.info(
+            "run %s: finished as %s",
+            execution.run_id,
+            execution.outcome,
+            extra=about(execution.run_id),
+        )
 
     def _reap(self) -> None:
         with self._lock:
@@ -177,6 +210,33 @@ class Worker:
         Run.objects.filter(pk__in=list(self.executions), worker_id=self.worker_id).update(
             heartbeat_at=timezone.now()
         )
+
+    def beat(self) -> None:
+        """Say this worker is alive, busy or idle (its `WorkerHeartbeat` row)."""
+        now = timezone.now()
+        if not WorkerHeartbeat.objects.filter(worker_id=self.worker_id).update(last_seen=now):
+            WorkerHeartbeat.objects.update_or_create(
+                worker_id=self.worker_id,
+                defaults={
+                    "hostname": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "started_at": self._started_at,
+                    "last_seen": now,
+                },
+            )
+
+    def forget_dead_workers(self) -> int:
+        deleted, _ = WorkerHeartbeat.objects.forgotten(
+            timezone.now(), FORGET_WORKER_SECONDS
+        ).delete()
+        return deleted
+
+    def _forget_self(self) -> None:
+        # A clean stop is no outage: the row goes, and readiness and metrics stop counting it.
+        try:
+            WorkerHeartbeat.objects.filter(worker_id=self.worker_id).delete()
+        except DatabaseError as exc:
+            log.warning("worker %s: cannot remove its heartbeat row: %s", self.worker_id, exc)
 
     def check_cancels(self) -> None:
         """Pass cancel requests on to the children they concern."""
@@ -205,7 +265,7 @@ class Worker:
                     where={"worker_id": run.worker_id, "attempt": run.attempt},
                 )
                 count += 1
-                log.warning("run %s: %s", run.pk, reason)
+                log.warning("run %s: %s", run.pk, reason, extra=about(run.pk))
             except IllegalTransition:
                 continue  # another worker got there first, or the run moved on
         return count

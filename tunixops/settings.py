@@ -8,6 +8,7 @@ import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
 from tunixops.env import envbool, envfloat, envint, envlist
+from tunixops.logformat import FORMATS, PLAIN_FORMAT
 
 # Lets `ModelAdmin[Run]` and `QuerySet[Run]` be written at runtime as the type checker sees them.
 django_stubs_ext.monkeypatch()
@@ -36,12 +37,15 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "django_prometheus",
     "runs",
     "artifacts",
     "traces",
 ]
 
 MIDDLEWARE = [
+    # First and last: request counts and latencies for /metrics, middleware time included.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -50,6 +54,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "tunixops.urls"
@@ -89,6 +94,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that worker processes started by tests share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
     VAR_DIR.mkdir(parents=True, exist_ok=True)
+# django-prometheus's subclasses of the same backends count connections, queries, errors and
+# query latency for /metrics; `connection.vendor` is unchanged.
+_PROMETHEUS_ENGINES = {
+    "django.db.backends.postgresql": "django_prometheus.db.backends.postgresql",
+    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+}
+DATABASES["default"]["ENGINE"] = _PROMETHEUS_ENGINES.get(
+    DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"]
+)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -149,6 +163,16 @@ TUNIX_POLL_INTERVAL_SECONDS = envfloat("TUNIX_POLL_INTERVAL_SECONDS", 1.0)
 TUNIX_DEFAULT_TIMEOUT_SECONDS = envint("TUNIX_DEFAULT_TIMEOUT_SECONDS", 6 * 3600)
 # How often a running run's new checkpoint files are registered as artifacts.
 TUNIX_ARTIFACT_SYNC_SECONDS = envfloat("TUNIX_ARTIFACT_SYNC_SECONDS", 5.0)
+# When set, /metrics (web and worker) answers only `Authorization: Bearer <token>`.
+TUNIX_METRICS_TOKEN = os.getenv("TUNIX_METRICS_TOKEN", "")
+# The worker serves its metrics on this port when set (`tunix_worker --metrics-port` wins).
+# Empty or 0: no metrics port.
+TUNIX_WORKER_METRICS_PORT = int(os.getenv("TUNIX_WORKER_METRICS_PORT") or 0) or None
+TUNIX_WORKER_METRICS_ADDR = os.getenv("TUNIX_WORKER_METRICS_ADDR", "0.0.0.0")  # noqa: S104
+# `plain` lines or `json` objects (one per line, with `run_id` on lines about a run).
+TUNIX_LOG_FORMAT = os.getenv("TUNIX_LOG_FORMAT", "plain")
+if TUNIX_LOG_FORMAT not in FORMATS:
+    raise ImproperlyConfigured("TUNIX_LOG_FORMAT must be plain or json.")
 # Who sends a downloaded artifact's bytes once the app has checked access and path:
 # `app` streams them from daphne; `nginx` answers with X-Accel-Redirect to the internal location
 # below (see deploy/nginx.conf); `sendfile` answers with X-Sendfile for Apache or lighttpd.
@@ -177,8 +201,11 @@ TUNIX_SSE_DB_THREADS = envint("TUNIX_SSE_DB_THREADS", 2)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": PLAIN_FORMAT},
+        "json": {"()": "tunixops.logformat.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": TUNIX_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }

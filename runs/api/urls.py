@@ -1,6 +1,6 @@
 from django.urls import path
 
-from runs.api import logs, views
+from runs.api import logs, metrics, views
 
 urlpatterns = [
     path("run", views.RunCreateApi.as_view(), name="api-run-create"),
@@ -14,4 +14,5 @@ urlpatterns = [
         logs.LogSnapshotApi.as_view(),
         name="api-run-logs-snapshot",
     ),
+    path("runs/<str:run_id>/metrics", metrics.RunMetricsApi.as_view(), name="api-run-metrics"),
 ]
