@@ -7,11 +7,13 @@ from django.db.models import QuerySet
 from django.http import Http404
 
 from traces.formats import Renderer
-from traces.models import Dataset, DatasetItem, MetaFilters, Trace
+from traces.models import MAX_TRACE_BYTES, Dataset, DatasetItem, MetaFilters, Trace
 
-# Traces read per export query: large enough that round trips do not dominate, small enough that a
-# chunk of 1 MB traces stays a modest amount of memory.
-EXPORT_CHUNK = 200
+# Traces read per export query: as many as fit in EXPORT_CHUNK_BYTES going by the dataset's
+# largest trace, so round trips do not dominate with small traces and memory stays bounded with
+# 1 MB ones.
+EXPORT_CHUNK_BYTES = 8 * 1024 * 1024
+EXPORT_CHUNK_MAX = 500
 
 
 def dataset_exists(key: str) -> bool:
@@ -39,16 +41,22 @@ def trace_list(*, meta: MetaFilters | None = None) -> QuerySet[Trace]:
     return traces.defer("prompt", "steps", "final_answer").order_by("-id")
 
 
+def export_chunk_size(dataset: Dataset) -> int:
+    largest = int(dataset.stats.get("bytes_max") or MAX_TRACE_BYTES)
+    return max(1, min(EXPORT_CHUNK_MAX, EXPORT_CHUNK_BYTES // largest))
+
+
 def dataset_jsonl_chunks(dataset: Dataset, render: Renderer) -> Iterator[bytes]:
-    """The dataset as JSONL, one query and one bytes chunk per EXPORT_CHUNK traces.
+    """The dataset as JSONL, one query and one bytes chunk per `export_chunk_size` traces.
 
     Each chunk is read by position range rather than from an open cursor, so the iterator holds no
     database state between chunks and may be advanced from any thread.
     """
-    for start in range(0, dataset.trace_count, EXPORT_CHUNK):
+    size = export_chunk_size(dataset)
+    for start in range(0, dataset.trace_count, size):
         rows = (
             DatasetItem.objects.filter(
-                dataset=dataset, position__gte=start, position__lt=start + EXPORT_CHUNK
+                dataset=dataset, position__gte=start, position__lt=start + size
             )
             .order_by("position")
             .values_list("trace__prompt", "trace__steps", "trace__final_answer")

@@ -94,6 +94,7 @@ def _stats(rows: Sequence[tuple[int, int, int]]) -> dict[str, float | int]:
         "steps_mean": round(sum(steps) / len(steps), 3),
         "bytes_total": sum(sizes),
         "bytes_mean": round(sum(sizes) / len(sizes), 3),
+        "bytes_max": max(sizes),
     }
 
 

@@ -10,7 +10,8 @@ from rest_framework.test import APIClient
 
 from tests.traces.helpers import make_traces, trace_doc
 from traces.models import Dataset, DatasetItem, Trace
-from traces.selectors import EXPORT_CHUNK
+from traces.selectors import EXPORT_CHUNK_MAX, export_chunk_size
+from traces.services import trace_create_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -60,6 +61,7 @@ def test_the_build_records_simple_stats(api: APIClient) -> None:
         "steps_mean": round(7 / 3, 3),
         "bytes_total": sum(sizes),
         "bytes_mean": round(sum(sizes) / 3, 3),
+        "bytes_max": max(sizes),
     }
 
 
@@ -226,9 +228,10 @@ def test_an_unknown_export_format_is_a_400(api: APIClient) -> None:
 def test_the_export_reads_one_query_per_chunk_not_per_trace(
     api: APIClient, django_assert_num_queries: Any
 ) -> None:
-    count = 2 * EXPORT_CHUNK + 50
+    count = 2 * EXPORT_CHUNK_MAX + 50
     make_traces(count)
     ids = build(api, limit=count, selection="random", seed=3).json()["trace_ids"]
+    assert export_chunk_size(Dataset.objects.get()) == EXPORT_CHUNK_MAX
     response: Any = api.get("/api/datasets/arith-v1/export.jsonl")
     with django_assert_num_queries(3):
         body = b"".join(response.streaming_content)
@@ -240,7 +243,7 @@ def test_the_export_reads_one_query_per_chunk_not_per_trace(
 
 
 def test_under_asgi_the_export_streams_from_an_async_iterator(api: APIClient, alice: Any) -> None:
-    make_traces(EXPORT_CHUNK + 5)
+    make_traces(EXPORT_CHUNK_MAX + 5)
     build(api)
     token, _ = Token.objects.get_or_create(user=alice)
     client = AsyncClient()
@@ -259,3 +262,16 @@ def test_under_asgi_the_export_streams_from_an_async_iterator(api: APIClient, al
     assert b"".join(chunks).decode().splitlines() == [
         json.dumps(record, ensure_ascii=False) for record in export_lines(api, "arith-v1")
     ]
+
+
+def test_large_traces_are_exported_a_few_at_a_time(
+    api: APIClient, django_assert_num_queries: Any
+) -> None:
+    # Traces of just under 1 MB: the chunk size follows the largest trace, so 8 fit in 8 MB.
+    steps = [{"i": n, "type": "t", "content": "€" * 20_000} for n in range(17)]
+    trace_create_batch(traces=[trace_doc(n, steps=steps) for n in range(10)], created_by=None)
+    build(api)
+    assert export_chunk_size(Dataset.objects.get()) == 8
+    response: Any = api.get("/api/datasets/arith-v1/export.jsonl")
+    with django_assert_num_queries(2):
+        assert len(b"".join(response.streaming_content).splitlines()) == 10

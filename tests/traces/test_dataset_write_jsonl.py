@@ -6,7 +6,7 @@ from rest_framework.test import APIClient
 
 from tests.traces.helpers import make_traces
 from traces.models import DatasetSelection
-from traces.selectors import EXPORT_CHUNK, dataset_exists
+from traces.selectors import EXPORT_CHUNK_MAX, dataset_exists
 from traces.services import DatasetNotFound, dataset_build, dataset_write_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -21,10 +21,10 @@ def build(count: int, **options: Any) -> str:
 def test_it_writes_the_same_records_as_the_export_endpoint(
     api: APIClient, artifact_root: Path
 ) -> None:
-    key = build(EXPORT_CHUNK + 7, selection=DatasetSelection.RANDOM, seed=5)
+    key = build(EXPORT_CHUNK_MAX + 7, selection=DatasetSelection.RANDOM, seed=5)
     path = artifact_root / "run" / "dataset.jsonl"
     count = dataset_write_jsonl(key=key, path=path)
-    assert count == EXPORT_CHUNK + 7
+    assert count == EXPORT_CHUNK_MAX + 7
     response: Any = api.get(f"/api/datasets/{key}/export.jsonl")
     exported = b"".join(response.streaming_content)
     assert path.read_bytes() == exported

@@ -331,6 +331,7 @@ class DatasetStatsOutput(serializers.Serializer[Any]):
     steps_mean = serializers.FloatField()
     bytes_total = serializers.IntegerField()
     bytes_mean = serializers.FloatField()
+    bytes_max = serializers.IntegerField()
 
 
 class DatasetLinksOutput(serializers.Serializer[Any]):
