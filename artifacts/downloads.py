@@ -223,6 +223,8 @@ def _proxy_response(
     """
     response = HttpResponse()
     _file_headers(response, artifact, mtime_ns)
+    # The proxy advertises the ranges it serves; a second Accept-Ranges would be repeated.
+    del response["Accept-Ranges"]
     if backend == BACKEND_NGINX:
         prefix = settings.TUNIX_NGINX_INTERNAL_LOCATION
         response["X-Accel-Redirect"] = f"{prefix}{run_id}/{quote(artifact.name, safe='/')}"

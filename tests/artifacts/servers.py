@@ -122,7 +122,7 @@ def render_nginx_conf(
     replacements = [
         (r"listen 80;", f"listen 127.0.0.1:{listen_port};"),
         (r"server web:8000;", f"server {upstream};"),
-        (r"alias /srv/tunixops/artifacts/;", f"alias {artifact_root}/;"),
+        (r"alias /var/lib/tunixops/artifacts/;", f"alias {artifact_root}/;"),
         (r"pid /run/nginx\.pid;", f"pid {workdir}/nginx.pid;"),
         (r"error_log /dev/stderr warn;", f"error_log {workdir}/error.log warn;"),
         (r"access_log /dev/stdout tunixops;", f"access_log {workdir}/access.log tunixops;"),
