@@ -17,6 +17,13 @@ Event order within a stream: `status` on connect (unless the run is already over
 seq order, `status` on every change, `heartbeat` when nothing else was sent for
 TUNIX_SSE_HEARTBEAT_SECONDS. A `status` whose status is terminal is always the last event: the
 stream closes after it, and clients can close on it.
+
+`metric` events `{step, values}` (no id, so they never move a client's Last-Event-ID) carry the
+training metrics of steps after `since_step`, or, without it, of steps recorded after the stream
+opened. The worker commits a metric row no later than the log line it was parsed from, so the
+stream reads metrics when the logs it just sent contain a metric line, when a wake-up brought no
+log (metrics alone, once the log is truncated), and before the final status. (A metric line the
+child wrote slowly enough to be stored in pieces arrives with the next one, or at the end.)
 """
 
 import asyncio
@@ -39,6 +46,9 @@ from twisted.web import http as twisted_http
 from runs.eventstream import LogChunkStorage, event_id, log_channel
 from runs.eventstream_hub import Hub, RunState, get_hub
 from runs.models import LogChunk
+from runs.training_metrics import PREFIX as METRIC_PREFIX
+from runs.training_metrics import MetricPoint, last_metric_step, metric_points_after
+from tunixops import metrics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOG = "log"
 STATUS = "status"
+METRIC = "metric"
+METRIC_PAGE = 500
 HEARTBEAT = "heartbeat"
 SCOPE_KEY = "tunixops.sse"
 
@@ -85,15 +97,24 @@ def log_frames(events: list[Event]) -> str:
     )
 
 
+def metric_frames(points: list[MetricPoint]) -> str:
+    return "".join(encode(METRIC, {"step": p.step, "values": p.values}) for p in points)
+
+
+def mentions_metrics(events: list[Event]) -> bool:
+    # The prefix has nothing JSON escapes, so it shows in the event data as printed.
+    return any(METRIC_PREFIX in event.data for event in events)
+
+
 def read_log_page(channel: str, after_seq: int) -> tuple[list[Event], bool]:
     storage: LogChunkStorage = get_storage()
     return storage.get_page(channel, after_seq)
 
 
 async def run_events(
-    run_id: uuid.UUID, after_seq: int, *, hub: Hub | None = None
+    run_id: uuid.UUID, after_seq: int, *, since_step: int | None = None, hub: Hub | None = None
 ) -> AsyncGenerator[str, None]:
-    """The SSE text of one stream: every chunk after `after_seq`, statuses, heartbeats."""
+    """The SSE text of one stream: every chunk after `after_seq`, metrics, statuses, heartbeats."""
     hub = hub or get_hub()
     channel = log_channel(run_id)
     sub = hub.subscribe(run_id)
@@ -104,6 +125,10 @@ async def run_events(
         if not state.is_terminal:
             yield status_frame(state)
         last = after_seq
+        read_metrics = since_step is not None
+        last_step = since_step
+        if last_step is None:
+            last_step = await hub.run_db(last_metric_step, run_id)
         read_logs = True
         while True:
             while read_logs:
@@ -113,6 +138,19 @@ async def run_events(
                 if events:
                     last = events[-1].id
                     yield log_frames(events)
+                read_metrics = read_metrics or not events or mentions_metrics(events)
+            while read_metrics:
+                points = await hub.shared(
+                    (METRIC, run_id, last_step),
+                    metric_points_after,
+                    run_id,
+                    last_step,
+                    METRIC_PAGE,
+                )
+                if points:
+                    last_step = points[-1].step
+                    yield metric_frames(points)
+                read_metrics = len(points) == METRIC_PAGE
             if state.is_terminal:
                 yield status_frame(state)
                 return
@@ -127,7 +165,7 @@ async def run_events(
                 if new.is_terminal:
                     # The worker commits every chunk before the terminal status, so reading the
                     # log after this status read sees them all; the final status follows.
-                    read_logs = True
+                    read_logs = read_metrics = True
                 elif new != state:
                     yield status_frame(new)
                 state = new
@@ -204,6 +242,7 @@ def flow_for(send: Send) -> Flow:
 class StreamStart:
     run_id: uuid.UUID
     after_seq: int
+    since_step: int | None = None
 
 
 class _Slot:
@@ -253,8 +292,15 @@ async def _until_disconnect(receive: Receive) -> None:
 async def stream_response(
     start: StreamStart, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
 ) -> None:
+    with metrics.sse_stream_open():
+        await _stream_response(start, headers, receive, send)
+
+
+async def _stream_response(
+    start: StreamStart, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
+) -> None:
     flow = flow_for(send)
-    frames = run_events(start.run_id, start.after_seq)
+    frames = run_events(start.run_id, start.after_seq, since_step=start.since_step)
 
     async def pump() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})

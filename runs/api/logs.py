@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from runs import selectors, sse
 from runs.api.views import ERROR
 from runs.eventstream import MAX_SEQ, log_channel, resume_after
+from runs.training_metrics import MAX_STEP
 from tunixops.api import ApplicationError
 
 SNAPSHOT_MAX_LINES = 10_000
@@ -24,6 +25,8 @@ SNAPSHOT_MAX_LINES = 10_000
 
 class LogStreamQuery(serializers.Serializer[Any]):
     since_seq = serializers.IntegerField(min_value=0, max_value=MAX_SEQ, required=False)
+    # `metric` events for steps after this one; without it, for steps recorded from now on.
+    since_step = serializers.IntegerField(min_value=0, max_value=MAX_STEP, required=False)
     # What django-eventstream clients send when they cannot set the Last-Event-ID header.
     lastEventId = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
@@ -80,7 +83,9 @@ class LogStreamApi(APIView):
                 description=(
                     "Events: `log` `{seq, stream, chunk, created_at}` with id `run-<id>:<seq>`; "
                     "`status` `{status, status_reason, exit_code, finished_at}` on connect and "
-                    "on every change; `heartbeat` when idle. Without `since_seq` or "
+                    "on every change; `metric` `{step, values}` (no id) for training steps after "
+                    "`since_step`, or recorded after connecting when it is absent; "
+                    "`heartbeat` when idle. Without `since_seq` or "
                     "`Last-Event-ID` it starts at the first chunk. A terminal `status` is the "
                     "last event: the stream then closes."
                 )
@@ -106,7 +111,10 @@ class LogStreamApi(APIView):
         add_default_headers(response, request=request)
         if request.method == "HEAD":
             return response
-        if not sse.hand_off(request, sse.StreamStart(run_id=run.pk, after_seq=after)):
+        start = sse.StreamStart(
+            run_id=run.pk, after_seq=after, since_step=query.validated_data.get("since_step")
+        )
+        if not sse.hand_off(request, start):
             raise ApplicationError(
                 "Live logs need the ASGI server: daphne tunixops.asgi:application.",
                 code="asgi_required",
