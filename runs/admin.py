@@ -1,11 +1,22 @@
+from typing import Any
+
 from django.contrib import admin, messages
+from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 
 from artifacts.admin import ArtifactInline
 from runs import services
 from runs.models import LogChunk, Run
+from runs.recipes import ConfigError
 from runs.state_machine import IllegalTransition
+from runs.templatetags.run_pages import duration
+
+CHUNK_PREVIEW_CHARS = 300
 
 # Written by the worker and the state machine only; editing them by hand would bypass both.
 WORKER_FIELDS = (
@@ -28,29 +39,71 @@ WORKER_FIELDS = (
 )
 
 
+class CappedCountPaginator(Paginator[Any]):
+    """Counts at most CAP rows: `COUNT(*)` over millions of log chunks would stall the page.
+
+    Past the cap the list offers CAP rows' worth of pages; filters (by run) reach the rest.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        assert isinstance(queryset, QuerySet)
+        return int(queryset.order_by()[: self.CAP].count())
+
+
+def run_page_links(run: Run) -> SafeString:
+    page = reverse("run-detail", kwargs={"run_id": run.pk})
+    return format_html('<a href="{}">run page</a> · <a href="{}#logs">live log</a>', page, page)
+
+
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin[Run]):
     list_display = (
         "id",
         "name",
-        "status",
+        "status_badge",
         "recipe",
         "dataset_key",
+        "worker_id",
+        "attempt_display",
         "created_at",
         "duration_display",
+        "links",
     )
-    list_filter = ("status", "recipe")
-    search_fields = ("id", "name")
-    readonly_fields = WORKER_FIELDS
+    list_filter = ("status", "recipe", "created_by")
+    search_fields = ("id", "name", "recipe", "dataset_key", "worker_id", "created_by__username")
+    readonly_fields = ("links", *WORKER_FIELDS)
     list_select_related = ("created_by",)
-    actions = ("cancel_selected",)
+    actions = ("cancel_selected", "requeue_selected")
     date_hierarchy = "created_at"
     inlines = (ArtifactInline,)
 
+    class Media:
+        css = {"all": ("runs/admin.css",)}
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: Run) -> SafeString:
+        return format_html(
+            '<span class="tunix-status tunix-status-{}">{}</span>', run.status, run.status
+        )
+
+    @admin.display(description="attempt", ordering="attempt")
+    def attempt_display(self, run: Run) -> str:
+        return f"{run.attempt} of {run.max_attempts}"
+
     @admin.display(description="duration")
     def duration_display(self, run: Run) -> str:
-        duration = run.duration
-        return "" if duration is None else f"{duration.total_seconds():.1f} s"
+        return duration(run.duration)
+
+    @admin.display(description="pages")
+    def links(self, run: Run) -> SafeString:
+        if run.pk is None:
+            return format_html("")
+        chunks = reverse("admin:runs_logchunk_changelist") + f"?run__id__exact={run.pk}"
+        return format_html('{} · <a href="{}">log chunks</a>', run_page_links(run), chunks)
 
     @admin.action(description="Cancel selected runs")
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
@@ -68,17 +121,48 @@ class RunAdmin(admin.ModelAdmin[Run]):
                 request, "Not cancelled: " + "; ".join(refused), level=messages.WARNING
             )
 
+    @admin.action(description="Requeue selected finished runs (as new runs)")
+    def requeue_selected(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+        copies: list[Run] = []
+        refused: list[str] = []
+        for run in queryset:
+            try:
+                copies.append(services.run_requeue(run_id=run.pk, user=request.user))
+            except IllegalTransition as exc:
+                refused.append(f"{run.pk} is {exc.current}")
+            except ConfigError as exc:
+                problems = ", ".join(f"{k}: {' '.join(v)}" for k, v in exc.errors.items())
+                refused.append(f"{run.pk}: {problems}")
+        if copies:
+            links = format_html_join(
+                ", ",
+                '<a href="{}">{}</a>',
+                ((reverse("admin:runs_run_change", args=[c.pk]), c.pk) for c in copies),
+            )
+            self.message_user(request, format_html("Requeued as new runs: {}", links))
+        if refused:
+            self.message_user(
+                request, "Not requeued: " + "; ".join(refused), level=messages.WARNING
+            )
+
 
 @admin.register(LogChunk)
 class LogChunkAdmin(admin.ModelAdmin[LogChunk]):
-    list_display = ("run", "seq", "stream", "created_at", "chunk")
+    list_display = ("run", "seq", "stream", "created_at", "chunk_preview")
     list_select_related = ("run",)
     list_filter = ("stream",)
     raw_id_fields = ("run",)
     readonly_fields = ("run", "seq", "stream", "chunk", "created_at")
     # Counting millions of rows for the paginator would stall the page.
     show_full_result_count = False
+    paginator = CappedCountPaginator
     list_per_page = 200
+
+    @admin.display(description="chunk")
+    def chunk_preview(self, chunk: LogChunk) -> str:
+        # A chunk can hold hundreds of kilobytes; the change page shows all of it.
+        text = chunk.chunk
+        return text if len(text) <= CHUNK_PREVIEW_CHARS else text[:CHUNK_PREVIEW_CHARS] + "…"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

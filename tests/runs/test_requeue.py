@@ -6,6 +6,7 @@ from runs.models import Run, RunStatus
 from runs.recipes import ConfigError
 from runs.services import run_requeue
 from runs.state_machine import IllegalTransition
+from traces.models import Dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -16,6 +17,9 @@ pytestmark = pytest.mark.django_db
 def test_a_finished_run_is_copied_into_a_new_pending_run_linked_to_it(
     make_run: Any, bob: Any, status: RunStatus
 ) -> None:
+    Dataset.objects.create(
+        key="support-v2", name="support", version="v2", selection="latest", limit=10, trace_count=0
+    )
     original = make_run(
         status=status,
         name="nightly",
