@@ -53,8 +53,9 @@ def test_with_a_token_set_metrics_refuse_anything_but_that_bearer(
     anon: APIClient, settings: Any, authorization: str | None
 ) -> None:
     settings.TUNIX_METRICS_TOKEN = "s3cret-metrics"
-    headers = {"HTTP_AUTHORIZATION": authorization} if authorization else {}
-    response = anon.get("/metrics", **headers)
+    if authorization:
+        anon.credentials(HTTP_AUTHORIZATION=authorization)
+    response = anon.get("/metrics")
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
     assert response.json()["error"]["code"] == "not_authenticated"
