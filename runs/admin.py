@@ -1,17 +1,19 @@
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from artifacts.admin import ArtifactInline
 from runs import services
-from runs.models import LogChunk, Run
+from runs.models import LogChunk, Run, RunMetric, WorkerHeartbeat
 from runs.recipes import ConfigError
 from runs.state_machine import IllegalTransition
 from runs.templatetags.run_pages import duration
@@ -168,4 +170,44 @@ class LogChunkAdmin(admin.ModelAdmin[LogChunk]):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: LogChunk | None = None) -> bool:
+        return False
+
+
+@admin.register(RunMetric)
+class RunMetricAdmin(admin.ModelAdmin[RunMetric]):
+    """Read-only: the worker writes these from the run's metric lines."""
+
+    list_display = ("run", "step", "values", "created_at")
+    list_select_related = ("run",)
+    raw_id_fields = ("run",)
+    search_fields = ("run__id",)
+    readonly_fields = ("run", "step", "values", "created_at")
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: RunMetric | None = None) -> bool:
+        return False
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(admin.ModelAdmin[WorkerHeartbeat]):
+    """Read-only: each worker renews its own row; a clean stop deletes it."""
+
+    list_display = ("worker_id", "hostname", "pid", "started_at", "last_seen", "is_fresh")
+    search_fields = ("worker_id", "hostname")
+    readonly_fields = ("worker_id", "hostname", "pid", "started_at", "last_seen")
+
+    @admin.display(description="alive", boolean=True)
+    def is_fresh(self, beat: WorkerHeartbeat) -> bool:
+        age = (timezone.now() - beat.last_seen).total_seconds()
+        return age <= settings.TUNIX_LEASE_SECONDS
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: WorkerHeartbeat | None = None
+    ) -> bool:
         return False
