@@ -19,7 +19,7 @@ from typing import IO
 from urllib.parse import quote
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.http import content_disposition_header, http_date, parse_etags
 from django.utils.http import parse_http_date_safe as parse_http_date
@@ -192,7 +192,11 @@ def artifact_download(request: HttpRequest, run: Run, artifact: Artifact) -> Htt
             byte_range = parse_range(range_header, opened.size)
         except RangeNotSatisfiable:
             opened.close()
-            unsatisfiable = HttpResponse(status=416)
+            error = {
+                "code": "range_not_satisfiable",
+                "message": f"The range starts past the end of the file ({opened.size} bytes).",
+            }
+            unsatisfiable = JsonResponse({"error": error}, status=416)
             unsatisfiable["Content-Range"] = f"bytes */{opened.size}"
             return unsatisfiable
     start, length = (byte_range.start, byte_range.length) if byte_range else (0, opened.size)

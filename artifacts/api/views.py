@@ -25,6 +25,7 @@ from runs.selectors import run_get_or_404
 
 ERROR = OpenApiResponse(description='`{"error": {"code", "message", "fields"?}}`')
 FILE = OpenApiResponse(OpenApiTypes.BINARY, description="The file as an attachment.")
+ZIP = OpenApiResponse(OpenApiTypes.BINARY, description="The step directory as a zip.")
 
 _RANGE_HEADERS = [
     OpenApiParameter("Range", str, OpenApiParameter.HEADER, description="`bytes=start-end`"),
@@ -65,7 +66,14 @@ class ArtifactDownloadApi(APIView):
     @extend_schema(
         operation_id="artifact_download",
         parameters=_RANGE_HEADERS,
-        responses={200: FILE, 206: FILE, 304: None, 404: ERROR, 409: ERROR, 416: ERROR},
+        responses={
+            (200, "application/octet-stream"): FILE,
+            (206, "application/octet-stream"): FILE,
+            304: None,
+            404: ERROR,
+            409: ERROR,
+            416: ERROR,
+        },
         description=(
             "The file with `Content-Length`, `ETag` (its sha256) and byte ranges (`Range`, "
             "`If-Range`, 206, 416) so an interrupted download can resume. 409 if the file "
@@ -98,11 +106,7 @@ class CheckpointDownloadApi(APIView):
 
     @extend_schema(
         operation_id="checkpoint_download",
-        responses={
-            200: OpenApiResponse(OpenApiTypes.BINARY, description="The step directory as a zip."),
-            404: ERROR,
-            409: ERROR,
-        },
+        responses={(200, "application/zip"): ZIP, 404: ERROR, 409: ERROR},
         description=(
             "The whole step directory as one zip, streamed as it is built; unzipped, it is a "
             "directory Orbax restores."

@@ -225,3 +225,16 @@ def test_the_legitimate_files_still_download(world: World, daphne: Daphne, token
     target = f"/api/tunix/runs/{world.run.pk}/artifacts/{artifact.pk}/download"
     response = raw_request(daphne.port, target.encode(), {"Authorization": f"Token {token}"})
     assert (response.status, response.body) == (200, b"weights")
+
+
+ROW_CASES = [case for case, target in CASES.items() if target.__qualname__.startswith("by_row")]
+
+
+@pytest.mark.parametrize("case", ROW_CASES)
+def test_poisoned_rows_are_refused_on_any_database(case: str, world: World, api: Any) -> None:
+    """The same registry attacks through Django's test client, so SQLite runs check them too."""
+    response = api.get(CASES[case](world))
+    assert response.status_code == 404, case
+    content = b"".join(response) if response.streaming else response.content
+    assert all(secret not in content for secret in SECRETS)
+    assert str(world.root).encode() not in content
