@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import median, scratch_database, setup_django
+from _common import median, scratch_database, setup_django
+
 from tests.artifacts.servers import Daphne, Nginx, direct_root_port
 
 MIB = 1024 * 1024
