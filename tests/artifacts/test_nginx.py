@@ -160,3 +160,32 @@ def test_names_with_spaces_and_url_characters_arrive_intact(
     response = get(proxied, artifact, token)
     assert response.status_code == 200
     assert response.content == b"odd bytes"
+
+
+def test_live_logs_pass_through_nginx_as_they_are_written(
+    proxied: Nginx, make_run: Any, token: str
+) -> None:
+    import json
+    import time
+
+    from runs.models import RunStatus
+    from tests.sse.conftest import append
+
+    run: Run = make_run(status=RunStatus.RUNNING)
+    url = f"{proxied.base_url}/api/tunix/runs/{run.pk}/logs"
+    headers = {"Authorization": f"Token {token}", "Accept": "text/event-stream"}
+    with httpx.stream("GET", url, headers=headers, timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        for i in range(1, 4):
+            written = time.monotonic()
+            append(run.pk, f"line {i}\n")
+            # A buffering proxy would hold these few bytes until its buffer filled.
+            chunks = (
+                json.loads(line.removeprefix("data:")).get("chunk")
+                for line in lines
+                if line.startswith("data:")
+            )
+            assert next(c for c in chunks if c is not None) == f"line {i}\n"
+            assert time.monotonic() - written < 2
