@@ -59,6 +59,4 @@ def median(values: Sequence[float]) -> float:
 
 
 def start_worker(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "tunix_worker", *args], cwd=REPO, env=env
-    )
+    return subprocess.Popen([sys.executable, "manage.py", "tunix_worker", *args], cwd=REPO, env=env)

@@ -56,11 +56,12 @@ def main() -> None:
         ceilings, rates = [], []
         for _ in range(args.repeat):
             ceilings.append(pipe_ceiling(args.lines, Path(tmp)))
-            run = run_enqueue(
-                recipe="child", created_by=None, config={"lines": args.lines}
-            )
+            run = run_enqueue(recipe="child", created_by=None, config={"lines": args.lines})
             subprocess.run(
-                [sys.executable, "manage.py", "tunix_worker", "--once"], cwd=REPO, env=env, check=True
+                [sys.executable, "manage.py", "tunix_worker", "--once"],
+                cwd=REPO,
+                env=env,
+                check=True,
             )
             run.refresh_from_db()
             assert run.status == RunStatus.COMPLETED, run.status_reason

@@ -140,6 +140,10 @@ class Worker:
     def step(self) -> bool:
         """Do what is due; return whether a run was claimed (then look again at once)."""
         self._reap()
+        if self.stopping:
+            # Also reaches a run claimed while the signal arrived; the first stop request wins.
+            for execution in list(self.executions.values()):
+                execution.request_stop("shutdown", "worker shutdown")
         now = time.monotonic()
         if now >= self._next_presence:
             self.beat()

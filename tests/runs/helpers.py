@@ -42,7 +42,9 @@ def log_text(run: Run, stream: str | None = None) -> str:
 
 
 def seqs(run_id: uuid.UUID) -> list[int]:
-    return list(LogChunk.objects.filter(run_id=run_id).order_by("seq").values_list("seq", flat=True))
+    return list(
+        LogChunk.objects.filter(run_id=run_id).order_by("seq").values_list("seq", flat=True)
+    )
 
 
 class WorkerThread:

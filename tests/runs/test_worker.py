@@ -125,7 +125,9 @@ def test_the_stored_log_is_bounded_and_the_tail_is_kept(alice: Any, settings: An
     assert run.log_truncated
     text = log_text(run)
     assert "[tunixops] log truncated at 1000000 bytes" in text
-    stored = sum(len(c.encode()) for c in LogChunk.objects.filter(run=run).values_list("chunk", flat=True))
+    stored = sum(
+        len(c.encode()) for c in LogChunk.objects.filter(run=run).values_list("chunk", flat=True)
+    )
     assert stored < 1_000_000 + 200
     assert run.stdout_tail.endswith("y" * 99 + "\n")
 
@@ -162,9 +164,13 @@ def test_shutdown_fails_a_run_without_attempts_left(alice: Any) -> None:
 
 def test_a_stale_run_is_retried_while_attempts_remain(make_run: Any) -> None:
     old = timezone.now() - timezone.timedelta(seconds=120)
-    retry = make_run(RunStatus.RUNNING, worker_id="dead:1", heartbeat_at=old, attempt=1, max_attempts=2)
+    retry = make_run(
+        RunStatus.RUNNING, worker_id="dead:1", heartbeat_at=old, attempt=1, max_attempts=2
+    )
     give_up = make_run(RunStatus.RUNNING, worker_id="dead:1", heartbeat_at=old, attempt=1)
-    cancelling = make_run(RunStatus.CANCEL_REQUESTED, worker_id="dead:1", heartbeat_at=old, attempt=1)
+    cancelling = make_run(
+        RunStatus.CANCEL_REQUESTED, worker_id="dead:1", heartbeat_at=old, attempt=1
+    )
     fresh = make_run(RunStatus.RUNNING, worker_id="alive:1", heartbeat_at=timezone.now(), attempt=1)
     assert Worker().reclaim_stale() == 3
     retry.refresh_from_db()
@@ -216,7 +222,9 @@ def test_max_runs_stops_the_worker(alice: Any) -> None:
 
 def test_concurrent_workers_execute_every_run_exactly_once(alice: Any, spawn_worker: Any) -> None:
     runs = [enqueue_child(alice, lines=1) for _ in range(200)]
-    workers = [spawn_worker("--once", "--worker-id", f"w{i}", "--poll-interval", "0.05") for i in range(4)]
+    workers = [
+        spawn_worker("--once", "--worker-id", f"w{i}", "--poll-interval", "0.05") for i in range(4)
+    ]
     for proc in workers:
         assert proc.wait(240) == 0
     assert Run.objects.filter(status=RunStatus.COMPLETED).count() == 200
