@@ -1,0 +1,213 @@
+"""How many concurrent SSE streams one daphne process holds, and what each one costs.
+
+Opens streams in steps (spread over --runs running runs) from one asyncio client, each reading
+continuously as a browser would. At each step it prints daphne's memory per stream, its thread
+count and the database connections it holds, the latency of a plain API call while those streams
+are open, and how long one new chunk per run takes to reach every stream. Median of --repeat
+rounds, each against a fresh daphne.
+
+    python bench/sse_streams.py [--steps 500,1000,2000] [--runs 20] [--repeat 3]
+"""
+
+import argparse
+import asyncio
+import resource
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from _common import median, percentile, scratch_database, setup_django
+from sse_common import bench_token, daphne, proc_status
+
+CONNECT_BATCH = 50
+
+
+class Stream:
+    """One raw HTTP/1.1 SSE connection that reads everything and notes when a marker arrives."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.marker = b""
+        self.seen_at = 0.0
+        self.arrived = asyncio.Event()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        tail = b""
+        while data := await self.reader.read(65536):
+            window = tail + data
+            if self.marker and self.marker in window and not self.arrived.is_set():
+                self.seen_at = time.monotonic()
+                self.arrived.set()
+            tail = window[-64:]
+
+    def expect(self, marker: bytes) -> None:
+        self.marker = marker
+        self.arrived.clear()
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.writer.close()
+
+
+async def open_stream(host: str, port: int, path: str, token: str) -> Stream:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Token {token}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"event: status")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return Stream(reader, writer)
+
+
+def api_latencies(url: str, token: str, run_id: str, count: int = 50) -> list[float]:
+    out = []
+    with httpx.Client(timeout=30, headers={"Authorization": f"Token {token}"}) as client:
+        for _ in range(count):
+            began = time.perf_counter()
+            assert client.get(f"{url}/api/tunix/runs/{run_id}/status").status_code == 200
+            out.append(time.perf_counter() - began)
+    return out
+
+
+def pg_connections(dbname: str) -> int:
+    """Connections to the bench database but this one: daphne's, once the bench closed its own."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [dbname],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def append_marker(runs: list[str], seq: dict[str, int], marker: str) -> None:
+    """One chunk per run, written and announced the way the worker does it."""
+    from runs import notify
+    from runs.models import LogChunk
+
+    for run_id in runs:
+        seq[run_id] += 1
+        LogChunk.objects.create(run_id=run_id, seq=seq[run_id], stream="stdout", chunk=marker)
+        notify.logs_appended(uuid.UUID(run_id), seq[run_id])
+
+
+async def one_round(
+    url: str, pid: int, token: str, runs: list[str], steps: list[int]
+) -> list[dict[str, float]]:
+    from django.db import connection
+
+    # Django's database calls are synchronous: one thread keeps one connection for them.
+    db = ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
+    host, port = url.removeprefix("http://").split(":")
+    streams: list[tuple[str, Stream]] = []
+    base_rss = proc_status(pid, "VmRSS")
+    base_threads = proc_status(pid, "Threads")
+    results: list[dict[str, float]] = []
+    seq = {run_id: 0 for run_id in runs}
+    for step in steps:
+        while len(streams) < step:
+            batch = min(CONNECT_BATCH, step - len(streams))
+            chosen = [runs[(len(streams) + i) % len(runs)] for i in range(batch)]
+            opened = await asyncio.gather(
+                *(open_stream(host, int(port), f"/api/tunix/runs/{r}/logs", token) for r in chosen)
+            )
+            streams.extend(zip(chosen, opened, strict=True))
+        await asyncio.sleep(1)
+        rss = proc_status(pid, "VmRSS")
+        threads = proc_status(pid, "Threads")
+        api = await asyncio.to_thread(api_latencies, url, token, runs[0])
+        marker = f"fanout-{step}".encode()
+        for _, stream in streams:
+            stream.expect(marker)
+        began = time.monotonic()
+        await loop.run_in_executor(db, append_marker, runs, seq, f"{marker.decode()}\n")
+        await asyncio.wait_for(asyncio.gather(*(s.arrived.wait() for _, s in streams)), timeout=60)
+        fanout = [s.seen_at - began for _, s in streams]
+        results.append(
+            {
+                "streams": step,
+                "kib_per_stream": (rss - base_rss) / step,
+                "rss_mib": rss / 1024,
+                "threads": threads - base_threads,
+                "db_connections": await loop.run_in_executor(
+                    db, pg_connections, connection.settings_dict["NAME"]
+                ),
+                "api_p50_ms": percentile(api, 50) * 1000,
+                "api_p99_ms": percentile(api, 99) * 1000,
+                "fanout_p50_ms": percentile(fanout, 50) * 1000,
+                "fanout_max_ms": max(fanout) * 1000,
+            }
+        )
+        r = results[-1]
+        print(
+            f"  {step:>5} streams: {r['kib_per_stream']:.1f} KiB/stream (daphne RSS "
+            f"{r['rss_mib']:.0f} MiB), +{r['threads']} threads, {r['db_connections']} DB "
+            f"connections, API p50 {r['api_p50_ms']:.1f} ms p99 {r['api_p99_ms']:.1f} ms, "
+            f"one line to every stream p50 {r['fanout_p50_ms']:.0f} ms max "
+            f"{r['fanout_max_ms']:.0f} ms",
+            flush=True,
+        )
+    for _, stream in streams:
+        stream.close()
+    db.shutdown()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", default="500,1000,2000")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+    # Each stream is a socket in this process and in daphne (which inherits the limit).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max(steps) + 1024
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    with tempfile.TemporaryDirectory() as tmp, scratch_database(Path(tmp)) as env:
+        setup_django(env)
+        from runs.models import Run, RunStatus
+
+        token = bench_token()
+        runs = [
+            str(
+                Run.objects.create(recipe="child", timeout_seconds=600, status=RunStatus.RUNNING).pk
+            )
+            for _ in range(args.runs)
+        ]
+        from django.db import connection
+
+        from runs.models import LogChunk
+
+        rounds = []
+        for _ in range(args.repeat):
+            LogChunk.objects.filter(run_id__in=runs).delete()
+            connection.close()
+            with daphne(env) as (url, proc):
+                time.sleep(1)
+                rounds.append(asyncio.run(one_round(url, proc.pid, token, runs, steps)))
+        print(f"concurrent SSE streams on one daphne process (median of {args.repeat}):")
+        for i, step in enumerate(steps):
+
+            def med(key: str, i: int = i) -> float:
+                return median([r[i][key] for r in rounds])
+
+            print(
+                f"  {step:>5} streams: {med('kib_per_stream'):.1f} KiB per stream, "
+                f"+{med('threads'):.0f} threads, {med('db_connections'):.0f} DB connections, "
+                f"API p50 {med('api_p50_ms'):.1f} ms / p99 {med('api_p99_ms'):.1f} ms, "
+                f"fan-out p50 {med('fanout_p50_ms'):.0f} ms / max {med('fanout_max_ms'):.0f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
