@@ -356,3 +356,40 @@ def test_a_snapshot_then_a_stream_from_its_last_seq_misses_nothing(
         params={"since_seq": snapshot["last_seq"]},
     )
     assert [e.json()["chunk"] for e in events if e.event == "log"] == ["d\n"]
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    raise AssertionError("no Threads")
+
+
+def test_open_streams_hold_no_thread_each(server: Server, token: str, make_run: Any) -> None:
+    run = make_run(status=RunStatus.RUNNING)
+    host, port = server.url.removeprefix("http://").split(":")
+    request = (
+        f"GET /api/tunix/runs/{run.pk}/logs HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Token {token}\r\n\r\n"
+    ).encode()
+    sockets: list[socket.socket] = []
+
+    def open_one() -> None:
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sockets.append(sock)
+        sock.sendall(request)
+        received = b""
+        while b"event: status" not in received:
+            received += sock.recv(65536)
+
+    try:
+        open_one()
+        before = threads_of(server.pid)
+        for _ in range(40):
+            open_one()
+        # The read pool (TUNIX_SSE_DB_THREADS) may still be filling up; nothing else grows.
+        assert threads_of(server.pid) - before <= 2
+    finally:
+        for sock in sockets:
+            sock.close()
