@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from artifacts import selectors as artifact_selectors
+from artifacts.models import Artifact
 from runs import selectors, services
 from runs.forms import RunFilterForm, RunForm
 from runs.models import Run, RunStatus
@@ -25,7 +26,7 @@ from runs.state_machine import IllegalTransition
 from traces.models import Dataset
 
 RUNS_PER_PAGE = 50
-# A run page lists this many files; the API lists them all.
+# A run page lists this many checkpoint files and as many other files; the API lists them all.
 ARTIFACTS_SHOWN = 500
 DATASETS_SUGGESTED = 200
 DEFAULT_RECIPE = "tiny_sft"
@@ -90,8 +91,7 @@ def run_new(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _panels(run: Run) -> dict[str, Any]:
-    """What the overview and artifacts panels show; also re-fetched live by the page."""
+def _overview(run: Run) -> dict[str, Any]:
     recipe = all_recipes().get(run.recipe)
     config = [
         {
@@ -101,16 +101,34 @@ def _panels(run: Run) -> dict[str, Any]:
         }
         for key, value in sorted(run.config.items())
     ]
-    artifacts = artifact_selectors.artifact_list(run=run)
-    shown = list(artifacts[:ARTIFACTS_SHOWN])
     return {
         "run": run,
         "config": config,
         "requeues": list(run.requeues.order_by("-created_at").only("id", "status")[:20]),
-        "artifacts": shown,
-        "artifacts_total": artifacts.count() if len(shown) == ARTIFACTS_SHOWN else len(shown),
-        "checkpoints": artifact_selectors.checkpoint_list(run=run),
         "can_cancel": run.status in CANCELLABLE,
+    }
+
+
+def _artifacts(run: Run) -> dict[str, Any]:
+    """Checkpoint steps, each with its files, and the run's other files, up to a cap each."""
+    listed = artifact_selectors.artifact_list(run=run)
+    files = list(listed.filter(step__isnull=True)[:ARTIFACTS_SHOWN])
+    step_files: dict[int, list[Artifact]] = {}
+    for artifact in listed.filter(step__isnull=False)[:ARTIFACTS_SHOWN]:
+        step_files.setdefault(artifact.step or 0, []).append(artifact)
+    checkpoints = [
+        {**checkpoint, "files": step_files.get(checkpoint["step"], [])}
+        for checkpoint in artifact_selectors.checkpoint_list(run=run)
+    ]
+    return {
+        "run": run,
+        "checkpoints": checkpoints,
+        "files": files,
+        "files_total": (
+            listed.filter(step__isnull=True).count()
+            if len(files) == ARTIFACTS_SHOWN
+            else len(files)
+        ),
     }
 
 
@@ -127,7 +145,7 @@ def max_steps_of(config: dict[str, Any]) -> int | None:
 @require_GET
 def run_detail(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
     run = selectors.run_get_or_404(run_id)
-    context = _panels(run)
+    context = {**_overview(run), **_artifacts(run)}
     context["page_config"] = {
         "runId": str(run.pk),
         "status": run.status,
@@ -144,13 +162,13 @@ def run_detail(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
 @login_required
 @require_GET
 def run_panel_overview(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
-    return render(request, "runs/_overview.html", _panels(selectors.run_get_or_404(run_id)))
+    return render(request, "runs/_overview.html", _overview(selectors.run_get_or_404(run_id)))
 
 
 @login_required
 @require_GET
 def run_panel_artifacts(request: HttpRequest, run_id: uuid.UUID) -> HttpResponse:
-    return render(request, "runs/_artifacts.html", _panels(selectors.run_get_or_404(run_id)))
+    return render(request, "runs/_artifacts.html", _artifacts(selectors.run_get_or_404(run_id)))
 
 
 @login_required

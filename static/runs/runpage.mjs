@@ -13,9 +13,9 @@ import {
 
 // The log keeps the newest lines in the page; older ones are dropped from the DOM.
 const MAX_LINES = 5000;
+// Checkpoints register while a run trains; the worker registers the last files before it
+// records the terminal status, so one refresh at that status lists them all.
 const ARTIFACT_REFRESH_MS = 20_000;
-// The worker registers a run's last files as the run ends: look again shortly after.
-const FINAL_REFRESH_MS = [2_000, 8_000];
 const CHART = { width: 584, height: 148 };
 
 const config = JSON.parse(document.getElementById("run-page-config").textContent);
@@ -140,7 +140,6 @@ function showStatus(data) {
   if (isTerminal(data.status)) {
     clearInterval(artifactTimer);
     refreshPanel("artifacts");
-    for (const delay of FINAL_REFRESH_MS) setTimeout(() => refreshPanel("artifacts"), delay);
   }
 }
 
@@ -270,6 +269,7 @@ function draw() {
       progressText.textContent = `step ${step}`;
     }
   }
+  showLatest();
   const losses = series.values("loss");
   const chart = chartGeometry(losses, CHART);
   if (chart === null) return;
@@ -291,6 +291,23 @@ const metricsUrl = `${config.apiBase}/runs/${config.runId}/metrics`;
 let metricsPoll = null;
 
 /** Adds the steps after `sinceStep` (all of them without it); returns the last step known. */
+const latest = byTestId("latest-metrics");
+
+function showLatest() {
+  const last = series.points[series.points.length - 1];
+  if (!last) return;
+  const rows = [];
+  for (const [name, value] of Object.entries(last)) {
+    if (name === "step") continue;
+    const term = document.createElement("dt");
+    term.textContent = name;
+    const detail = document.createElement("dd");
+    detail.textContent = formatValue(value);
+    rows.push(term, detail);
+  }
+  latest.replaceChildren(...rows);
+}
+
 async function loadMetrics(sinceStep = null) {
   const query = sinceStep === null ? "" : `?since_step=${sinceStep}`;
   try {

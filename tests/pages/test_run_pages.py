@@ -401,6 +401,12 @@ def test_the_artifacts_panel_lists_files_and_checkpoints_with_sizes_and_links(
     assert "Download step 10 (.zip)" in body
     assert 'data-sha256="' + "ab" * 32 in body
     assert "elsewhere.bin" not in body
+    # Checkpoint files are listed under their step, the others in the files table.
+    step_row = re.search(r'<tr data-step="10">(.*?)</tr>', body, re.S)
+    assert step_row is not None and "2 files" in step_row[1]
+    assert "checkpoints/10/state/data.bin" in step_row[1]
+    table = re.search(r'data-testid="artifact-table">(.*?)</table>', body, re.S)
+    assert table is not None and "metrics.json" in table[1] and "data.bin" not in table[1]
     assert str(settings_root_marker()) not in body
 
 
@@ -424,7 +430,7 @@ def test_a_run_with_many_files_lists_the_first_ones_and_says_so(
 
 def test_a_run_without_files_says_so(signed_in: Client, make_run: Any) -> None:
     body = html(signed_in.get(f"/runs/{make_run(status=RunStatus.RUNNING).pk}/panels/artifacts/"))
-    assert "No committed checkpoint yet" in body and "No files yet" in body
+    assert "No committed checkpoint yet" in body and "No other files yet" in body
 
 
 # -- cancel and run again ------------------------------------------------------------------------
