@@ -19,11 +19,14 @@ from typing import Any, cast  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from artifacts.backpressure import with_backpressure  # noqa: E402
 from runs.sse import SseHandoff  # noqa: E402
 
 # django.urls.path() is typed for views; channels' URLRouter takes ASGI applications.
 sse_logs = cast(Any, SseHandoff(django_application))  # type: ignore[arg-type]
-django_app = cast(Any, django_application)
+# Streamed responses (artifact downloads, step zips) wait for slow clients instead of piling up
+# in daphne's buffer; the SSE route applies its own flow control.
+django_app = cast(Any, with_backpressure(django_application))
 
 application = ProtocolTypeRouter(
     {
