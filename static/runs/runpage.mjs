@@ -26,8 +26,9 @@ let currentStatus = config.status;
 
 // -- tabs -----------------------------------------------------------------------------------------
 
-const tabs = [...page.querySelectorAll('[role="tab"]')];
-const tabNames = tabs.map((tab) => tab.getAttribute("aria-controls"));
+const tabList = page.querySelector("[data-tabs]");
+const tabs = [...tabList.querySelectorAll("a")];
+const tabNames = tabs.map((tab) => tab.hash.slice(1));
 
 function selectTab(name, { focus = false } = {}) {
   for (const tab of tabs) {
@@ -43,6 +44,13 @@ function selectTab(name, { focus = false } = {}) {
 }
 
 function setupTabs() {
+  // Without JavaScript these are links to sections that are all shown.
+  tabList.setAttribute("role", "tablist");
+  tabs.forEach((tab, i) => {
+    tab.setAttribute("role", "tab");
+    tab.setAttribute("aria-controls", tabNames[i]);
+    document.getElementById(tabNames[i]).setAttribute("role", "tabpanel");
+  });
   for (const tab of tabs) {
     tab.addEventListener("click", (event) => {
       event.preventDefault();
@@ -51,7 +59,7 @@ function setupTabs() {
       selectTab(name);
     });
   }
-  page.querySelector('[role="tablist"]').addEventListener("keydown", (event) => {
+  tabList.addEventListener("keydown", (event) => {
     const at = tabNames.indexOf(document.activeElement?.getAttribute("aria-controls"));
     if (at < 0) return;
     const moves = { ArrowLeft: at - 1, ArrowRight: at + 1, Home: 0, End: tabNames.length - 1 };
