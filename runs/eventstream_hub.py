@@ -75,7 +75,8 @@ class Subscription:
         if self.logs_changed or self.status_changed:
             return True
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             return False
         return True

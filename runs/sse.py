@@ -185,6 +185,9 @@ class Flow:
     def release(self) -> None:
         pass
 
+    def abort(self) -> None:
+        """Drop the connection without flushing what is buffered for it."""
+
 
 class TwistedFlow(Flow):
     """A streaming producer on daphne's Twisted request.
@@ -214,7 +217,8 @@ class TwistedFlow(Flow):
         if self._ready.is_set():
             return True
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
         except TimeoutError:
             return False
         return True
@@ -223,6 +227,11 @@ class TwistedFlow(Flow):
         request = self._request
         if request.producer is self and request.channel is not None:
             request.unregisterProducer()
+
+    def abort(self) -> None:
+        transport = getattr(self._request, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
 
 
 def flow_for(send: Send) -> Flow:
@@ -302,15 +311,17 @@ async def _stream_response(
     flow = flow_for(send)
     frames = run_events(start.run_id, start.after_seq, since_step=start.since_step)
 
-    async def pump() -> None:
+    async def pump() -> bool:
+        """True once every event was sent; False when the client stopped reading."""
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         while await flow.writable(settings.TUNIX_SSE_STALL_SECONDS):
             try:
                 frame = await anext(frames)
             except StopAsyncIteration:
-                return
+                return True
             await send({"type": "http.response.body", "body": frame.encode(), "more_body": True})
-        log.info("run %s: closing a log stream whose client stopped reading", start.run_id)
+        log.info("run %s: dropping a log stream whose client stopped reading", start.run_id)
+        return False
 
     pumping = asyncio.create_task(pump())
     leaving = asyncio.create_task(_until_disconnect(receive))
@@ -329,6 +340,10 @@ async def _stream_response(
     if failure is not None:
         # The client reconnects with its Last-Event-ID and resumes where this stream stopped.
         log.error("run %s: log stream failed", start.run_id, exc_info=failure)
+    elif not pumping.result():
+        # A polite end would wait behind the unread bytes for as long as the socket lives.
+        flow.abort()
+        return
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

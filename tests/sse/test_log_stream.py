@@ -1,11 +1,14 @@
 """GET /api/tunix/runs/{id}/logs against a real daphne server with a real SSE client."""
 
+import contextlib
 import random
+import re
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +17,7 @@ from django.db import connection
 
 from runs.models import RunStatus
 from runs.state_machine import transition
-from tests.sse.conftest import Server, append
+from tests.sse.conftest import Server, append, daphne
 from tests.sse.sseclient import SseEvent, auth, parse_events, read_all, stream_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -393,3 +396,41 @@ def test_open_streams_hold_no_thread_each(server: Server, token: str, make_run: 
     finally:
         for sock in sockets:
             sock.close()
+
+
+def open_streams(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    (value,) = re.findall(r"^tunix_sse_streams_open (\S+)$", metrics, re.MULTILINE)
+    return float(value)
+
+
+def test_a_client_that_stops_reading_for_too_long_is_dropped(
+    tmp_path: Path, token: str, make_run: Any
+) -> None:
+    run = make_run(status=RunStatus.COMPLETED)
+    block = ("z" * 1023 + "\n") * 64
+    for _ in range(2):
+        append(run.pk, *([block] * 64))  # 8 MiB, far more than the socket buffers take
+    with daphne(tmp_path, TUNIX_SSE_STALL_SECONDS="1") as stalling:
+        host, port = stalling.url.removeprefix("http://").split(":")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((host, int(port)))
+        try:
+            stalled.sendall(
+                f"GET /api/tunix/runs/{run.pk}/logs HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Token {token}\r\n\r\n".encode()
+            )
+            deadline = time.monotonic() + 10
+            while open_streams(stalling.url) != 0:
+                assert time.monotonic() < deadline, "the stalled stream was never dropped"
+                time.sleep(0.2)
+            # The connection is gone too, not left holding what the client never read.
+            stalled.settimeout(5)
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := stalled.recv(65536):
+                    received += len(chunk)
+            assert received < 8 * 1024 * 1024
+        finally:
+            stalled.close()
