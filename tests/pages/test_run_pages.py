@@ -282,6 +282,58 @@ def test_settings_left_empty_are_left_to_the_recipe(signed_in: Client, child_rec
     assert Run.objects.get().config == {"lines": 3}
 
 
+CHOICE_RECIPES = """
+[recipes.pick]
+argv = ["{python}", "-c", "pass"]
+
+[recipes.pick.config.mode]
+type = "str"
+choices = ["fast", "slow"]
+
+[recipes.pick.config.level]
+type = "int"
+choices = [1, 2, 4]
+default = 2
+
+[recipes.pick.config.warmup]
+type = "int"
+min = 0
+
+[recipes.pick.config.cap]
+type = "float"
+max = 2.5
+"""
+
+
+@pytest.fixture
+def choice_recipes(settings: Any, tmp_path: Any) -> None:
+    path = tmp_path / "recipes.toml"
+    path.write_text(CHOICE_RECIPES)
+    settings.TUNIX_RECIPES_FILE = str(path)
+
+
+def test_choices_and_one_sided_bounds_are_offered(signed_in: Client, choice_recipes: None) -> None:
+    body = html(signed_in.get("/runs/new/?recipe=pick"))
+    mode = re.search(r'<select name="config.mode".*?</select>', body, re.S)
+    assert mode is not None
+    assert re.findall(r'<option value="([^"]*)"', mode[0]) == ["", "fast", "slow"]
+    level = re.search(r'<select name="config.level".*?</select>', body, re.S)
+    assert level is not None and re.search(r'<option value="2"\s+selected>', level[0])
+    assert "at least 0" in body and "at most 2.5" in body
+    assert re.search(r'<input[^>]*name="config.warmup"[^>]*min="0"', body)
+
+
+def test_a_choice_is_sent_in_its_declared_type(signed_in: Client, choice_recipes: None) -> None:
+    response = signed_in.post(
+        "/runs/new/", {"recipe": "pick", "config.mode": "slow", "config.level": "4"}
+    )
+    assert response.status_code == 302
+    assert Run.objects.get().config == {"mode": "slow", "level": 4}
+    refused = signed_in.post("/runs/new/", {"recipe": "pick", "config.mode": "turbo"})
+    assert refused.status_code == 400
+    assert "Select a valid choice" in field_errors(html(refused), "config.mode")
+
+
 def test_a_ticked_box_is_sent_as_true(signed_in: Client, child_recipes: Any) -> None:
     response = signed_in.post(
         "/runs/new/", {"recipe": "child", "config.lines": "1", "config.stamp": "on"}
