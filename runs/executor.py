@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import Error, close_old_connections, connection
 
 from artifacts.services import artifacts_sync
 from runs.logsink import LogSink
@@ -287,7 +287,7 @@ class Execution:
             except IllegalTransition as exc:
                 log.warning("run %s: outcome %s not recorded: %s", self.run_id, outcome.status, exc)
                 return
-            except DatabaseError as exc:
+            except Error as exc:
                 log.warning("run %s: cannot record outcome yet (%s); retrying", self.run_id, exc)
                 connection.close()
                 time.sleep(delay)

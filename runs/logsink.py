@@ -19,7 +19,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import Error, IntegrityError, connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
@@ -205,7 +205,9 @@ class LogSink:
                 # The commit landed but its acknowledgement was lost: keep what is stored.
                 last = LogChunk.objects.filter(run_id=self.run_id).aggregate(m=Max("seq"))["m"]
                 rows = [r for r in rows if r[0] > (last or 0)]
-            except DatabaseError as exc:
+            except Error as exc:
+                # Error, not DatabaseError: a connection cut by a server restart raises
+                # InterfaceError on its next use.
                 self.last_error = str(exc)
                 log.warning(
                     "run %s: log write failed, retrying in %.1fs: %s", self.run_id, delay, exc

@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import Error, connection, transaction
 from django.utils import timezone
 
 from runs import notify
@@ -116,7 +116,7 @@ class Worker:
     def _step_safely(self) -> None:
         try:
             found = self.step()
-        except DatabaseError as exc:
+        except Error as exc:
             log.warning("worker %s: database error, retrying: %s", self.worker_id, exc)
             connection.close()
             time.sleep(min(self.poll_interval, 1.0))
@@ -239,7 +239,7 @@ class Worker:
         # A clean stop is no outage: the row goes, and readiness and metrics stop counting it.
         try:
             WorkerHeartbeat.objects.filter(worker_id=self.worker_id).delete()
-        except DatabaseError as exc:
+        except Error as exc:
             log.warning("worker %s: cannot remove its heartbeat row: %s", self.worker_id, exc)
 
     def check_cancels(self) -> None:
