@@ -172,6 +172,7 @@ class Hub:
         self.listening = False
         self._listen_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._poll_failing = False
 
     @property
     def open_streams(self) -> int:
@@ -262,8 +263,12 @@ class Hub:
         try:
             positions = await self.run_db(read_positions, list(self._subs))
         except Exception:
-            log.exception("log stream poll failed")
+            # Once per outage, not five times a second.
+            if not self._poll_failing:
+                log.exception("log streams: poll failed; retrying")
+            self._poll_failing = True
             return
+        self._poll_failing = False
         for run_id in list(self._subs):
             now = positions.get(run_id)
             before = self._seen.get(run_id)
