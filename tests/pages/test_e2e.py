@@ -81,14 +81,33 @@ def test_a_run_started_from_the_form_streams_its_log_live_to_the_end(
     page.screenshot(path=screenshots / "run-list.png", full_page=True)
 
 
+def at_bottom(page: Page) -> bool:
+    return bool(
+        page.get_by_test_id("live-logs").evaluate(
+            "box => box.scrollHeight - box.scrollTop - box.clientHeight < 24"
+        )
+    )
+
+
 def test_a_long_run_is_cancelled_from_its_page(signed_in_page: Page) -> None:
     page = signed_in_page
     with WorkerThread():
-        run = start_from_the_form(page, "child", lines="100000", rate="5")
+        run = start_from_the_form(page, "child", lines="100000", rate="20")
         status = page.get_by_test_id("run-status")
         page.get_by_test_id("tab-logs").click()
-        expect(page.get_by_test_id("live-logs")).to_contain_text("line 2")
+        logs = page.get_by_test_id("live-logs")
+        expect(logs).to_contain_text("line 60")
         expect(status).to_have_attribute("data-status", "running")
+        # The log follows its end until the reader scrolls up, then stays put.
+        assert at_bottom(page)
+        logs.evaluate("box => { box.scrollTop = 0; }")
+        expect(page.get_by_test_id("jump-latest")).to_be_visible()
+        shown = logs.locator(".line").count()
+        expect(logs).to_contain_text(f"line {shown + 20}")
+        assert logs.evaluate("box => box.scrollTop") == 0
+        page.get_by_test_id("jump-latest").click()
+        expect(page.get_by_test_id("jump-latest")).to_be_hidden()
+        assert at_bottom(page)
         dialog = page.get_by_test_id("cancel-dialog")
         # Changing one's mind leaves the run alone.
         page.get_by_test_id("cancel-run").click()
