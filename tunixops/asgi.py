@@ -26,7 +26,7 @@ from runs.sse import SseHandoff  # noqa: E402
 sse_logs = cast(Any, SseHandoff(django_application))  # type: ignore[arg-type]
 # Streamed responses (artifact downloads, step zips) wait for slow clients instead of piling up
 # in daphne's buffer; the SSE route applies its own flow control.
-django_app = cast(Any, with_backpressure(django_application))
+django_app = cast(Any, with_backpressure(cast(Any, django_application)))
 
 application = ProtocolTypeRouter(
     {

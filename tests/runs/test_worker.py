@@ -1,6 +1,7 @@
 import os
 import signal
 import time
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
@@ -163,7 +164,7 @@ def test_shutdown_fails_a_run_without_attempts_left(alice: Any) -> None:
 
 
 def test_a_stale_run_is_retried_while_attempts_remain(make_run: Any) -> None:
-    old = timezone.now() - timezone.timedelta(seconds=120)
+    old = timezone.now() - timedelta(seconds=120)
     retry = make_run(
         RunStatus.RUNNING, worker_id="dead:1", heartbeat_at=old, attempt=1, max_attempts=2
     )
