@@ -48,7 +48,7 @@ class LogSink:
         *,
         max_bytes: int,
         flush_interval: float = 0.05,
-        buffer_limit: int = 64 * 1024 * 1024,
+        buffer_limit: int = 16 * 1024 * 1024,
     ) -> None:
         self.run_id = run_id
         self.max_bytes = max_bytes
