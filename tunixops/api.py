@@ -7,12 +7,35 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from runs.recipes import ConfigError
 from runs.state_machine import IllegalTransition
+
+# Built with inline_serializer: a serializer class cannot declare a field named `fields`.
+ErrorOutput = inline_serializer(
+    "ErrorOutput",
+    {
+        "error": inline_serializer(
+            "ErrorBodyOutput",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "fields": serializers.DictField(
+                    child=serializers.ListField(child=serializers.CharField()),
+                    required=False,
+                    help_text="Messages by dotted field name, e.g. `config.max_steps`.",
+                ),
+            },
+        )
+    },
+)
+
+# What every 4xx and 5xx of the API answers, as the schema documents it.
+ERROR = OpenApiResponse(ErrorOutput, description='`{"error": {"code", "message", "fields"?}}`')
 
 
 class ApplicationError(exceptions.APIException):

@@ -22,8 +22,8 @@ from rest_framework.views import APIView
 from artifacts import downloads, selectors
 from artifacts.api import serializers as s
 from runs.selectors import run_get_or_404
+from tunixops.api import ERROR
 
-ERROR = OpenApiResponse(description='`{"error": {"code", "message", "fields"?}}`')
 FILE = OpenApiResponse(OpenApiTypes.BINARY, description="The file as an attachment.")
 ZIP = OpenApiResponse(OpenApiTypes.BINARY, description="The step directory as a zip.")
 

@@ -15,10 +15,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from runs import selectors, sse
-from runs.api.views import ERROR
 from runs.eventstream import MAX_SEQ, log_channel, resume_after
 from runs.training_metrics import MAX_STEP
-from tunixops.api import ApplicationError
+from tunixops.api import ERROR, ApplicationError
 
 SNAPSHOT_MAX_LINES = 10_000
 

@@ -9,8 +9,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from runs import selectors
-from runs.api.views import ERROR
 from runs.training_metrics import MAX_STEP, metric_series
+from tunixops.api import ERROR
 
 DEFAULT_POINTS = 1000
 MAX_POINTS = 10_000

@@ -3,7 +3,7 @@
 from typing import Any
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -13,8 +13,7 @@ from rest_framework.views import APIView
 from runs import selectors, services
 from runs.api import serializers as s
 from runs.models import TERMINAL_STATUSES, Run
-
-ERROR = OpenApiResponse(description='`{"error": {"code", "message", "fields"?}}`')
+from tunixops.api import ERROR
 
 
 class RunPagination(PageNumberPagination):
@@ -88,7 +87,8 @@ class RunListApi(APIView):
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int, description="At most 100."),
         ],
-        responses={200: s.RunOutput(many=True), 400: ERROR},
+        responses={200: s.RunOutput(many=True), 400: ERROR, 404: ERROR},
+        description="Newest first, 50 a page. A page past the last one answers 404.",
     )
     def get(self, request: Request) -> Response:
         query = s.RunListQuery(data=request.query_params.dict())
@@ -115,7 +115,7 @@ class RunCancelApi(APIView):
     @extend_schema(
         operation_id="run_cancel",
         request=s.RunCancelInput,
-        responses={200: s.RunStatusOutput, 404: ERROR, 409: ERROR},
+        responses={200: s.RunStatusOutput, 400: ERROR, 404: ERROR, 409: ERROR},
         description=(
             "Pending runs are cancelled at once; running ones move to `cancel_requested` and the "
             "worker terminates them. Repeating a cancel is safe; a finished run answers 409."

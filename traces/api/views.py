@@ -20,8 +20,7 @@ from traces import selectors, services
 from traces.api import serializers as s
 from traces.api.parsers import TraceBatchJSONParser, TraceJSONParser
 from traces.formats import FORMATS
-
-ERROR = OpenApiResponse(description='`{"error": {"code", "message", "fields"?}}`')
+from tunixops.api import ERROR
 
 
 class IgnoreFormatQuery(DefaultContentNegotiation):
@@ -78,7 +77,8 @@ class TraceListApi(APIView):
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int, description="At most 100."),
         ],
-        responses={200: s.TraceSummaryOutput(many=True), 400: ERROR},
+        responses={200: s.TraceSummaryOutput(many=True), 400: ERROR, 404: ERROR},
+        description="Newest first, 50 a page. A page past the last one answers 404.",
     )
     def get(self, request: Request) -> Response:
         query = s.TraceListQuery(data={"meta": request.query_params.getlist("meta")})
