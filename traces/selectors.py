@@ -21,6 +21,9 @@ def dataset_exists(key: str) -> bool:
 
 
 def dataset_get_or_404(key: str) -> Dataset:
+    # No key holds a NUL, and PostgreSQL refuses one in a query (a 500): such a key is unknown.
+    if "\x00" in key:
+        raise Http404("No such dataset.")
     try:
         return Dataset.objects.select_related("created_by").get(key=key)
     except Dataset.DoesNotExist as exc:
