@@ -8,6 +8,7 @@ proxy after the same checks, and the proxy does the ranges.
 """
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -29,7 +30,7 @@ from artifacts.models import Artifact
 from runs.models import Run
 from tunixops.api import ApplicationError
 
-READ_CHUNK_BYTES = 1024 * 1024
+READ_CHUNK_BYTES = 4 * 1024 * 1024
 OCTET_STREAM = "application/octet-stream"
 
 BACKEND_APP = "app"
@@ -130,17 +131,29 @@ def _open_checked(run: Run, artifact: Artifact) -> OpenFile:
 async def _read_range(opened: OpenFile, start: int, length: int) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     position, end = start, start + length
+
+    def read_at(offset: int) -> asyncio.Future[bytes]:
+        size = min(READ_CHUNK_BYTES, end - offset)
+        return loop.run_in_executor(None, os.pread, opened.fd, size, offset)
+
+    # One chunk is read ahead while the previous one drains to the client, so the disk read and
+    # the send overlap; memory stays at two chunks whatever the file size.
+    pending = read_at(position) if position < end else None
     try:
-        while position < end:
-            size = min(READ_CHUNK_BYTES, end - position)
-            chunk = await loop.run_in_executor(None, os.pread, opened.fd, size, position)
+        while pending is not None:
+            chunk = await pending
             if not chunk:
                 # The file shrank under us; stop short rather than pad, and let the client see
                 # a body shorter than its Content-Length.
                 raise OSError("artifact truncated during download")
             position += len(chunk)
+            pending = read_at(position) if position < end else None
             yield chunk
     finally:
+        if pending is not None:
+            # Let a read still in flight finish before its descriptor is closed.
+            with contextlib.suppress(OSError):
+                await pending
         opened.close()
 
 
