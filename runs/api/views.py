@@ -3,7 +3,7 @@
 from typing import Any
 
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -39,15 +39,24 @@ class RunCreateApi(APIView):
         parameters=[s.RunCreateQuery],
         request=s.RunCreateInput,
         responses={
-            200: s.RunOutput,
-            202: s.RunEnqueuedOutput,
+            200: PolymorphicProxySerializer(
+                component_name="RunCreateDone",
+                serializers=[s.RunOutput, s.DryRunOutput],
+                resource_type_field_name=None,
+            ),
+            202: PolymorphicProxySerializer(
+                component_name="RunCreateAccepted",
+                serializers=[s.RunEnqueuedOutput, s.RunOutput],
+                resource_type_field_name=None,
+            ),
             400: ERROR,
             413: ERROR,
         },
         description=(
-            "Enqueue a run. `mode=async` (default) answers 202 at once; `mode=sync` waits up to "
-            "`wait_seconds` and answers 200 with the terminal run or 202 with its current state; "
-            "`mode=dry-run` validates and shows the argv and config, storing nothing (200)."
+            "Enqueue a run. `mode=async` (default) answers 202 with its id and links at once; "
+            "`mode=sync` waits up to `wait_seconds` and answers 200 with the terminal run or 202 "
+            "with the whole run in its current state; `mode=dry-run` validates and shows the "
+            "argv and config, storing nothing (200)."
         ),
     )
     def post(self, request: Request) -> Response:
