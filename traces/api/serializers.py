@@ -164,16 +164,35 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, int)
 
 
+# maxLength and the pattern (no NUL) bind only the strings.
+_FILTER_SCALAR = {
+    "type": ["string", "number", "boolean"],
+    "maxLength": MAX_FILTER_VALUE_CHARS,
+    "pattern": "^[^\\x00]*$",
+}
+
+
 @extend_schema_field(
     {
         "type": "object",
         "description": (
             "Meta key -> value, or -> list of values any of which matches; every key must match."
         ),
+        "maxProperties": MAX_FILTER_KEYS,
+        "propertyNames": {
+            "minLength": 1,
+            "maxLength": MAX_FILTER_KEY_CHARS,
+            "pattern": "^[^\\x00]*$",
+        },
         "additionalProperties": {
             "oneOf": [
-                {"type": ["string", "number", "boolean"]},
-                {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+                _FILTER_SCALAR,
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_FILTER_VALUES,
+                    "items": _FILTER_SCALAR,
+                },
             ]
         },
     }
@@ -227,6 +246,21 @@ class TraceBatchInput(StrictSerializer):
 class TraceBatchOutput(serializers.Serializer[Any]):
     count = serializers.IntegerField()
     ids = serializers.ListField(child=serializers.IntegerField(), help_text="In input order.")
+
+
+# What TraceListQuery accepts: a key of 1 to 100 characters without `=` that does not start
+# with whitespace (trimmed, as Python's str.strip() sees it), then `=` and the value; no NUL.
+META_QUERY_SCHEMA = {
+    "type": "array",
+    "maxItems": MAX_FILTER_KEYS,
+    "items": {
+        "type": "string",
+        "maxLength": MAX_FILTER_KEY_CHARS + 1 + MAX_FILTER_VALUE_CHARS,
+        "pattern": (
+            f"^[^=\\s\\x00-\\x1f\\x85][^=\\x00]{{0,{MAX_FILTER_KEY_CHARS - 1}}}=[^\\x00]*$"
+        ),
+    },
+}
 
 
 class TraceListQuery(serializers.Serializer[Any]):

@@ -66,8 +66,7 @@ class TraceListApi(APIView):
         parameters=[
             OpenApiParameter(
                 "meta",
-                str,
-                many=True,
+                s.META_QUERY_SCHEMA,
                 description=(
                     "`key=value`, repeatable. Every key must match; repeating a key matches any "
                     "of its values. A value that reads as a number or true/false also matches "
