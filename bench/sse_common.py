@@ -1,62 +1,30 @@
 """Plumbing shared by the SSE bench scripts: a daphne process, a token, process figures."""
 
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
-import httpx
 from _common import REPO
 
+sys.path.insert(0, str(REPO))
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.artifacts.servers import Daphne, proc_status
+
+__all__ = ["bench_token", "daphne", "proc_status"]
 
 
 @contextmanager
 def daphne(env: dict[str, str], **extra: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`daphne tunixops.asgi:application` on a loopback port; stopped on exit."""
-    port = free_port()
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(
-        [*argv, "tunixops.asgi:application"],
-        cwd=REPO,
-        env={**env, **extra},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daphne did not start")
-            time.sleep(0.1)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
-
-
-def proc_status(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise KeyError(field)
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        Daphne(env={**env, **extra}, workdir=Path(logs)) as server,
+    ):
+        assert server.proc is not None
+        yield server.base_url, server.proc
 
 
 def bench_token() -> str:

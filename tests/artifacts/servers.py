@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,17 +68,26 @@ class Daphne:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"daphne-{self.port}.log"
+
     def start(self) -> "Daphne":
-        log = self.workdir / f"daphne-{self.port}.log"
+        log = self.log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), self.app],
                 env=self.env,
                 cwd=REPO,
-                stdout=subprocess.DEVNULL,
-                stderr=out,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         wait_listening(self.port, self.proc, log, timeout=30)
+        # One request loads the URLconf and views, so memory baselines and first-request
+        # timings measured by callers start from a warm process.
+        healthz = f"{self.base_url}/healthz"
+        with urllib.request.urlopen(healthz, timeout=30) as response:  # noqa: S310 (loopback http)
+            assert response.status == 200
         return self
 
     def stop(self) -> None:

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from tests.artifacts.servers import free_port
 from tests.conftest import CHILD_RECIPES
 from tests.runs.helpers import wait_for
-from tests.sse.conftest import free_port
 
 METRIC_RECIPES = Path(__file__).with_name("recipes.toml")
 

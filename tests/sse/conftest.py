@@ -2,10 +2,6 @@
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +15,8 @@ from rest_framework.authtoken.models import Token
 
 from runs import notify
 from runs.models import LogChunk
-from tests.conftest import REPO, database_url
+from tests.artifacts.servers import Daphne
+from tests.conftest import database_url
 
 
 @dataclass(frozen=True)
@@ -29,17 +26,9 @@ class Server:
     log: Path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def daphne(log_dir: Path, **env: str) -> Iterator[Server]:
     """`daphne tunixops.asgi:application` on a free loopback port; stopped on exit."""
-    port = free_port()
-    log = log_dir / f"daphne-{port}.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     environ.update(
         DATABASE_URL=database_url(),
@@ -49,35 +38,8 @@ def daphne(log_dir: Path, **env: str) -> Iterator[Server]:
         PYTHONUNBUFFERED="1",
     )
     environ.update(env)
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*argv, "tunixops.asgi:application"],
-            cwd=REPO,
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not start:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield Server(url=url, pid=proc.pid, log=log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    with Daphne(env=environ, workdir=log_dir) as server:
+        yield Server(url=server.base_url, pid=server.pid, log=server.log)
 
 
 @pytest.fixture(scope="module")
