@@ -124,7 +124,7 @@ class RunCancelApi(APIView):
     @extend_schema(
         operation_id="run_cancel",
         request=s.RunCancelInput,
-        responses={200: s.RunStatusOutput, 400: ERROR, 404: ERROR, 409: ERROR},
+        responses={200: s.RunStatusOutput, 400: ERROR, 404: ERROR, 409: ERROR, 413: ERROR},
         description=(
             "Pending runs are cancelled at once; running ones move to `cancel_requested` and the "
             "worker terminates them. Repeating a cancel is safe; a finished run answers 409."

@@ -124,7 +124,7 @@ class DatasetBuildApi(APIView):
     @extend_schema(
         operation_id="dataset_build",
         request=s.DatasetBuildInput,
-        responses={201: s.DatasetOutput, 400: ERROR, 409: ERROR},
+        responses={201: s.DatasetOutput, 400: ERROR, 409: ERROR, 413: ERROR},
         description=(
             "Freeze a selection of traces as dataset `name-version`. `latest` takes the newest "
             "matching traces; `random` samples them with `seed`. No match answers 400 "
