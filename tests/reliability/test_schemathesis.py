@@ -27,6 +27,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 from schemathesis.config import SchemathesisConfig
+from schemathesis.core.result import Ok
 
 from artifacts.services import artifacts_sync
 from runs.models import LogChunk, Run, RunMetric, RunStatus
@@ -143,6 +144,12 @@ def headers(alice: User) -> dict[str, str]:
 def api_schema(
     server: Server, headers: dict[str, str], objects: dict[str, list[dict[str, str]]]
 ) -> schemathesis.BaseSchema:
+    return load_schema(server, headers, objects)
+
+
+def load_schema(
+    server: Server, headers: dict[str, str], objects: dict[str, list[dict[str, str]]]
+) -> schemathesis.BaseSchema:
     config = SchemathesisConfig.from_dict({**CONFIG, "headers": headers})
     schema = schemathesis.openapi.from_url(
         f"{server.url}/api/schema/", config=config, headers=headers, timeout=10
@@ -229,6 +236,37 @@ def test_run_create_answers_as_documented_in_each_mode(
     )
     response = case.call_and_validate(headers=headers, checks=CHECKS, timeout=60)
     assert response.status_code == status
+
+
+def test_every_json_body_over_its_limit_answers_a_documented_413(
+    artifact_root: Path,
+    child_recipes: Path,
+    tmp_path: Path,
+    headers: dict[str, str],
+    objects: dict[str, list[dict[str, str]]],
+) -> None:
+    # The fuzzer's bodies stay far below the limits (256 KB, 2 MB and 32 MB by default), so
+    # this server has small ones; every operation that takes a JSON body must document 413.
+    limits = ("TUNIX_MAX_REQUEST_BYTES", "TUNIX_TRACE_MAX_REQUEST_BYTES")
+    with daphne(
+        tmp_path,
+        TUNIX_ARTIFACT_ROOT=str(artifact_root),
+        TUNIX_RECIPES_FILE=str(child_recipes),
+        TUNIX_TRACE_BATCH_MAX_REQUEST_BYTES="2048",
+        **dict.fromkeys(limits, "2048"),
+    ) as small:
+        schema = load_schema(small, headers, objects)
+        operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
+        posts = [operation for operation in operations if operation.method.upper() == "POST"]
+        assert len(posts) == 5
+        for operation in posts:
+            case = operation.Case(
+                path_parameters=objects["run_id"][0] if "{run_id}" in operation.path else None,
+                body={"padding": "x" * 4096},
+            )
+            response = case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
+            assert response.status_code == 413, operation.label
+            assert response.json()["error"]["code"] == "request_too_large"
 
 
 @pytest.mark.django_db
