@@ -422,6 +422,10 @@ def test_a_client_that_stops_reading_for_too_long_is_dropped(
                 f"Authorization: Token {token}\r\n\r\n".encode()
             )
             deadline = time.monotonic() + 10
+            # First the stream must be open (the gauge starts at 0 before the request is read).
+            while open_streams(stalling.url) != 1:
+                assert time.monotonic() < deadline, "the stream never opened"
+                time.sleep(0.05)
             while open_streams(stalling.url) != 0:
                 assert time.monotonic() < deadline, "the stalled stream was never dropped"
                 time.sleep(0.2)
