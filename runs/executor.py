@@ -22,7 +22,7 @@ from django.db import Error, close_old_connections, connection
 from artifacts.services import artifacts_sync
 from runs.logsink import LogSink
 from runs.models import LogStream, Run, RunStatus
-from runs.recipes import Recipe, get_recipe
+from runs.recipes import get_recipe
 from runs.services import run_dir
 from runs.state_machine import IllegalTransition, transition
 from traces.services import dataset_write_jsonl
@@ -68,10 +68,6 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
-def _python_for(recipe: Recipe) -> str:
-    return settings.TUNIX_PYTHON or sys.executable
-
-
 def prepare(run: Run) -> tuple[list[str], dict[str, str], Path]:
     """Create the run directory with its config (and dataset) and build the command."""
     recipe = get_recipe(run.recipe)
@@ -84,7 +80,7 @@ def prepare(run: Run) -> tuple[list[str], dict[str, str], Path]:
     if run.dataset_key:
         dataset_file = str(_write_dataset(run.dataset_key, directory))
     argv = recipe.render_argv(
-        python=_python_for(recipe),
+        python=settings.TUNIX_PYTHON or sys.executable,
         run_dir=str(directory),
         config=run.config,
         dataset_file=dataset_file,
