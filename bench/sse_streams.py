@@ -195,14 +195,14 @@ def main() -> None:
             with daphne(env) as (url, proc):
                 time.sleep(1)
                 rounds.append(asyncio.run(one_round(url, proc.pid, token, runs, steps)))
-        print(f"concurrent SSE streams on one daphne process (median of {args.repeat}):")
         for i, step in enumerate(steps):
 
             def med(key: str, i: int = i) -> float:
                 return median([r[i][key] for r in rounds])
 
             print(
-                f"  {step:>5} streams: {med('kib_per_stream'):.1f} KiB per stream, "
+                f"{step} concurrent SSE streams on one daphne (median of {args.repeat}): "
+                f"{med('kib_per_stream'):.1f} KiB per stream, "
                 f"+{med('threads'):.0f} threads, {med('db_connections'):.0f} DB connections, "
                 f"API p50 {med('api_p50_ms'):.1f} ms / p99 {med('api_p99_ms'):.1f} ms, "
                 f"fan-out p50 {med('fanout_p50_ms'):.0f} ms / max {med('fanout_max_ms'):.0f} ms"
