@@ -31,14 +31,6 @@ def child_pid(config_path: str, timeout: float = 20) -> int:
     raise RuntimeError("child did not start")
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
@@ -48,6 +40,7 @@ def main() -> None:
         setup_django(env)
         from runs.models import Run, RunStatus
         from runs.services import run_cancel, run_dir, run_enqueue
+        from tests.runs.helpers import process_alive
 
         worker = start_worker(env, "--worker-id", "bench")
         try:
@@ -73,7 +66,7 @@ def main() -> None:
                         dead_at = None
                         while True:
                             now = time.perf_counter()
-                            if dead_at is None and not alive(pid):
+                            if dead_at is None and not process_alive(pid):
                                 dead_at = now
                             status = Run.objects.values_list("status", flat=True).get(pk=run.pk)
                             if status == RunStatus.CANCELLED:

@@ -9,7 +9,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, inline_serializer
 from rest_framework import exceptions, serializers, status
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.response import Response
 
 from runs.recipes import ConfigError
@@ -126,8 +126,17 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return response
 
 
-class LimitedJSONParser(JSONParser):
-    """JSON parser that answers 413 past DATA_UPLOAD_MAX_MEMORY_SIZE, declared or actual."""
+class LimitedJSONParser(BaseParser):
+    """JSON with a body limit named by `limit_setting`; 413 past it, declared or actual.
+
+    Not a JSONParser subclass on purpose: DRF hands a JSONParser `request.body`, which Django
+    checks against the site-wide DATA_UPLOAD_MAX_MEMORY_SIZE before any parser runs, so no
+    subclass could allow more. Given the raw stream instead, this reads at most its limit plus
+    one byte. Views with larger bodies (trace uploads) subclass it with their own setting.
+    """
+
+    media_type = "application/json"
+    limit_setting = "DATA_UPLOAD_MAX_MEMORY_SIZE"
 
     def parse(
         self,
@@ -135,7 +144,7 @@ class LimitedJSONParser(JSONParser):
         media_type: str | None = None,
         parser_context: Mapping[str, Any] | None = None,
     ) -> Any:
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0
+        limit = int(getattr(settings, self.limit_setting) or 0)
         request = (parser_context or {}).get("request")
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
         if limit and declared > limit:
@@ -143,4 +152,4 @@ class LimitedJSONParser(JSONParser):
         body = stream.read(limit + 1 if limit else -1) if stream is not None else b""
         if limit and len(body) > limit:
             raise RequestTooLarge(f"Request body is larger than {limit} bytes.")
-        return super().parse(io.BytesIO(body), media_type, parser_context)
+        return JSONParser().parse(io.BytesIO(body), media_type, parser_context)

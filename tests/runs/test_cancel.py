@@ -13,17 +13,16 @@ from rest_framework.test import APIClient
 from runs.models import Run, RunStatus
 from runs.services import run_cancel, run_dir
 from runs.state_machine import IllegalTransition
-from tests.runs.helpers import WorkerThread, enqueue_child, log_text, status_of, wait_for
+from tests.runs.helpers import (
+    WorkerThread,
+    enqueue_child,
+    log_text,
+    process_alive,
+    status_of,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("child_recipes")]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_it_terminates_a_cooperative_child_and_records_cancelled(
@@ -65,10 +64,10 @@ def test_cancel_kills_grandchildren_too(alice: Any) -> None:
     with WorkerThread():
         wait_for(lambda: "line 1" in log_text(run) and pid_file.exists())
         grandchild = int(pid_file.read_text())
-        assert _alive(grandchild)
+        assert process_alive(grandchild)
         run_cancel(run_id=run.pk, user=alice)
         wait_for(lambda: status_of(run) == RunStatus.CANCELLED, timeout=10)
-    wait_for(lambda: not _alive(grandchild), timeout=5)
+    wait_for(lambda: not process_alive(grandchild), timeout=5)
 
 
 def test_a_grandchild_left_behind_by_a_finished_child_is_reaped(alice: Any) -> None:
@@ -76,7 +75,7 @@ def test_a_grandchild_left_behind_by_a_finished_child_is_reaped(alice: Any) -> N
     pid_file = run_dir(run.pk) / "grandchild.pid"
     with WorkerThread():
         wait_for(lambda: status_of(run) == RunStatus.COMPLETED, timeout=15)
-    wait_for(lambda: not _alive(int(pid_file.read_text())), timeout=5)
+    wait_for(lambda: not process_alive(int(pid_file.read_text())), timeout=5)
 
 
 def test_cancel_twice_is_safe(api: APIClient, alice: Any) -> None:

@@ -15,7 +15,15 @@ from runs.logsink import CHUNK_MAX_CHARS
 from runs.models import LogChunk, Run, RunStatus
 from runs.services import run_cancel, run_dir
 from runs.worker import Worker
-from tests.runs.helpers import WorkerThread, enqueue_child, log_text, seqs, status_of, wait_for
+from tests.runs.helpers import (
+    WorkerThread,
+    enqueue_child,
+    log_text,
+    process_alive,
+    seqs,
+    status_of,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("child_recipes")]
 
@@ -252,7 +260,7 @@ def test_a_run_of_a_sigkilled_worker_is_reclaimed_and_its_child_dies(
     assert child_pids
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(10)
-    wait_for(lambda: not any(_alive(pid) for pid in child_pids), timeout=5)
+    wait_for(lambda: not any(process_alive(pid) for pid in child_pids), timeout=5)
     spawn_worker("--worker-id", "rescuer", "--poll-interval", "0.1", **env)
     wait_for(lambda: status_of(run) == RunStatus.FAILED, timeout=15)
     run.refresh_from_db()
@@ -277,11 +285,3 @@ def _cmdline(pid: str) -> str:
             return f.read().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
