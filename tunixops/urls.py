@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView
 
 from tunixops import views
+from tunixops.api import auth
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -25,7 +26,13 @@ urlpatterns = [
     ),
     path("", include("runs.urls")),
     path("api/schema/", SpectacularJSONAPIView.as_view(), name="api-schema"),
+    path("api/auth/token", auth.TokenIssueApi.as_view(), name="api-token"),
+    path("api/auth/whoami", auth.WhoAmIApi.as_view(), name="api-whoami"),
     path("api/tunix/", include("runs.api.urls")),
     path("api/tunix/", include("artifacts.api.urls")),
     path("api/", include("traces.api.urls")),
+    path("api/", include("webhooks.api.urls")),
 ]
+
+# A saturated database pool answers 503 with Retry-After instead of a 500 (tunixops/views.py).
+handler500 = "tunixops.views.server_error"

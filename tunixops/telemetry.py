@@ -24,7 +24,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
-from django.db.models import Count
+from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -57,6 +58,17 @@ CANCEL_LATENCY = Histogram(
 LOG_BYTES = Counter("tunix_log_bytes", "Bytes of run output stored as log chunks.")
 LOG_CHUNKS = Counter("tunix_log_chunks", "Log chunk rows stored.")
 SSE_STREAMS_OPEN = Gauge("tunix_sse_streams_open", "Live log streams (SSE) open in this process.")
+WEBHOOK_DELIVERIES = Counter(
+    "tunix_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered (2xx), failed (retried with backoff), "
+    "refused (the address guard; retried), abandoned (given up), lost (the lease was taken over).",
+    ["outcome"],
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "tunix_webhook_delivery_seconds",
+    "Seconds one webhook delivery attempt took, connect to answer.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 
 # -- observations ---------------------------------------------------------------------------------
@@ -103,6 +115,11 @@ def log_stored(*, chunks: int, size: int) -> None:
     LOG_BYTES.inc(size)
 
 
+def webhook_delivery_observed(*, outcome: str, seconds: float) -> None:
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+    WEBHOOK_DELIVERY_SECONDS.observe(seconds)
+
+
 @contextmanager
 def sse_stream_open() -> Iterator[None]:
     """Wrap the life of one live-log stream: `tunix_sse_streams_open` counts it meanwhile."""
@@ -117,7 +134,8 @@ def sse_stream_open() -> Iterator[None]:
 
 
 class DatabaseCollector(Collector):
-    """Queue depth, running runs and worker heartbeats, as the database has them now."""
+    """Queue depth, running runs, worker heartbeats and artifact bytes, as the database has them
+    now."""
 
     def describe(self) -> list[Metric]:
         # Registration asks for the names only: no query at import time.
@@ -132,17 +150,32 @@ class DatabaseCollector(Collector):
                 .annotate(n=Count("pk"))
             )
             by_status = {row["status"]: row["n"] for row in rows}
-            beats = list(WorkerHeartbeat.objects.values_list("worker_id", "last_seen"))
+            by_pool = dict(
+                Run.objects.pending()
+                .order_by()
+                .values("pool")
+                .annotate(n=Count("pk"))
+                .values_list("pool", "n")
+            )
+            beats = list(
+                WorkerHeartbeat.objects.values_list(
+                    "worker_id", "last_seen", "stuck_reason", "devices_total", "devices_busy"
+                )
+            )
+            # One pass over the runs table's `artifact_bytes` (kept by every artifact sync).
+            stored = Run.objects.aggregate(total=Coalesce(Sum("artifact_bytes"), 0))["total"]
         except DatabaseError as exc:
             # The scrape still answers; the gap in these series is the alert.
             log.warning("metrics: database unavailable: %s", exc)
             return
-        yield from self._families(by_status, beats)
+        yield from self._families(by_status, beats, by_pool, stored)
 
     def _families(
         self,
         by_status: dict[str, int] | None = None,
-        beats: list[tuple[str, datetime]] | None = None,
+        beats: list[tuple[str, datetime, str, int, int]] | None = None,
+        by_pool: dict[str, int] | None = None,
+        artifact_bytes: int | None = None,
     ) -> Iterator[Metric]:
         counts = by_status or {}
         queue = GaugeMetricFamily("tunix_queue_depth", "Runs waiting for a worker (pending).")
@@ -155,15 +188,75 @@ class DatabaseCollector(Collector):
             "Unix time of each worker's last heartbeat; a worker that stopped cleanly is removed.",
             labels=["worker"],
         )
+        stuck = GaugeMetricFamily(
+            "tunix_worker_stuck",
+            "1 while a worker reports that a write it must make keeps failing, else 0.",
+            labels=["worker"],
+        )
+        stored = GaugeMetricFamily(
+            "tunix_artifact_bytes",
+            "Bytes of every run's registered files (checkpoints and others), after retention.",
+        )
+        devices = GaugeMetricFamily(
+            "tunix_worker_devices",
+            "Accelerators of each worker: state=total or busy (held by a run).",
+            labels=["worker", "state"],
+        )
+        pool_queue = GaugeMetricFamily(
+            "tunix_pool_queue_depth", "Pending runs of each pool.", labels=["pool"]
+        )
+        for pool, waiting in sorted((by_pool or {}).items()):
+            pool_queue.add_metric([pool], waiting)
         if by_status is not None:
             queue.add_metric([], counts.get(RunStatus.PENDING, 0))
             running.add_metric([], sum(counts.get(s, 0) for s in ACTIVE_STATUSES))
-        for worker_id, last_seen in beats or []:
+        for worker_id, last_seen, stuck_reason, total, busy in beats or []:
             heartbeat.add_metric([worker_id], last_seen.timestamp())
-        yield from (queue, running, heartbeat)
+            stuck.add_metric([worker_id], 1 if stuck_reason else 0)
+            devices.add_metric([worker_id, "total"], total)
+            devices.add_metric([worker_id, "busy"], busy)
+        if artifact_bytes is not None:
+            stored.add_metric([], artifact_bytes)
+        yield from (queue, pool_queue, running, heartbeat, stuck, devices, stored)
 
 
 REGISTRY.register(DatabaseCollector())
+
+
+class WebhookBacklogCollector(Collector):
+    """Webhook deliveries not yet delivered, by state, as the database has them now."""
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        from webhooks.models import OPEN_STATES, WebhookDelivery
+
+        try:
+            rows = (
+                WebhookDelivery.objects.order_by()
+                .filter(state__in=OPEN_STATES)
+                .values("state")
+                .annotate(n=Count("pk"))
+            )
+            counts = {row["state"]: row["n"] for row in rows}
+        except DatabaseError as exc:
+            log.warning("metrics: database unavailable: %s", exc)
+            return
+        yield self._family(counts)
+
+    def _family(self, counts: dict[str, int] | None = None) -> Metric:
+        family = GaugeMetricFamily(
+            "tunix_webhook_backlog",
+            "Webhook deliveries waiting (pending, including retries) or being sent (delivering).",
+            labels=["state"],
+        )
+        for state in ("pending", "delivering") if counts is not None else ():
+            family.add_metric([state], counts.get(state, 0) if counts else 0)
+        return family
+
+
+REGISTRY.register(WebhookBacklogCollector())
 
 
 # -- exposition -----------------------------------------------------------------------------------

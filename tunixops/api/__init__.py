@@ -1,0 +1,1 @@
+"""Web plumbing shared by every API: errors, parsers, serializers, pagination, flow control."""
