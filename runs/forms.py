@@ -8,9 +8,12 @@ errors keyed `config.<key>`, which are this form's field names.
 from typing import Any
 
 from django import forms
+from django.core.validators import ProhibitNullCharactersValidator
 
 from runs.models import RunStatus
-from runs.recipes import ConfigKey, Recipe, all_recipes
+from runs.recipes import MAX_DEVICES, POOL_NAME, ConfigKey, Recipe, all_recipes
+from runs.selectors import RUN_ORDERINGS
+from tunixops.validators import validate_text
 
 CONFIG_PREFIX = "config."
 
@@ -81,6 +84,18 @@ class RunForm(forms.Form):
         widget=forms.TextInput(attrs={"list": "dataset-keys", "autocomplete": "off"}),
         help_text="A dataset key (name-version); empty trains on the recipe's built-in data.",
     )
+    pool = forms.RegexField(
+        POOL_NAME,
+        max_length=100,
+        required=False,
+        help_text="The pool of workers that may run it; empty means the recipe's.",
+    )
+    devices = forms.IntegerField(
+        min_value=0,
+        max_value=MAX_DEVICES,
+        required=False,
+        help_text="GPUs or TPU chips on one host; empty means the recipe's.",
+    )
 
     def __init__(self, *args: Any, recipe: Recipe, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -89,11 +104,23 @@ class RunForm(forms.Form):
         assert isinstance(recipe_field, forms.ChoiceField)
         recipe_field.choices = [(name, name) for name in sorted(all_recipes())]
         recipe_field.initial = recipe.name
+        self.fields["pool"].widget.attrs["placeholder"] = recipe.pool
+        self.fields["devices"].widget.attrs["placeholder"] = str(recipe.devices)
         if recipe.default_model_id:
             self.fields["model_id"].widget.attrs["placeholder"] = recipe.default_model_id
             self.fields["model_id"].help_text = f"Empty means {recipe.default_model_id}."
         for spec in recipe.keys.values():
             self.fields[config_field_name(spec.name)] = config_field(spec)
+        # One rule and one message for NUL and lone surrogates, as in the API, instead of
+        # Django's NUL-only validator.
+        for field in self.fields.values():
+            if isinstance(field, forms.CharField):
+                field.validators = [
+                    v
+                    for v in field.validators
+                    if not isinstance(v, ProhibitNullCharactersValidator)
+                ]
+                field.validators.append(validate_text)
 
     def config_fields(self) -> list[forms.BoundField]:
         return [self[config_field_name(name)] for name in self.chosen.keys]
@@ -113,6 +140,10 @@ class RunForm(forms.Form):
 class RunFilterForm(forms.Form):
     status = forms.ChoiceField(required=False)
     recipe = forms.ChoiceField(required=False)
+    # Set by the column headers' links; the filter form passes it on unchanged.
+    sort = forms.ChoiceField(
+        required=False, choices=[(key, key) for key in RUN_ORDERINGS], widget=forms.HiddenInput
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -121,3 +152,35 @@ class RunFilterForm(forms.Form):
         assert isinstance(status, forms.ChoiceField) and isinstance(recipe, forms.ChoiceField)
         status.choices = [("", "any status"), *RunStatus.choices]
         recipe.choices = [("", "any recipe"), *((n, n) for n in sorted(all_recipes()))]
+
+
+class ContinueForm(forms.Form):
+    """Continue a finished run from one of its committed steps, with changed settings."""
+
+    step = forms.TypedChoiceField(coerce=int, label="From checkpoint step")
+    name = forms.CharField(max_length=200, required=False)
+
+    def __init__(
+        self, *args: Any, recipe: Recipe, steps: list[int], config: dict[str, Any], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.chosen = recipe
+        step = self.fields["step"]
+        assert isinstance(step, forms.TypedChoiceField)
+        step.choices = [(s, str(s)) for s in reversed(steps)]
+        step.initial = steps[-1] if steps else None
+        for spec in recipe.keys.values():
+            field = config_field(spec)
+            field.initial = config.get(spec.name, spec.default)
+            self.fields[config_field_name(spec.name)] = field
+
+    def config_fields(self) -> list[forms.BoundField]:
+        return [self[config_field_name(name)] for name in self.chosen.keys]
+
+    def config(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self.chosen.keys:
+            value = self.cleaned_data.get(config_field_name(name))
+            if value is not None and value != "":
+                values[name] = value
+        return values

@@ -8,13 +8,15 @@ sees the new status and gets `IllegalTransition`.
 
 import uuid
 from collections.abc import Collection, Mapping
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from runs import notify
-from runs.models import TERMINAL_STATUSES, Run, RunStatus
+from runs.live import notify
+from runs.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, RunAttempt, RunStatus
+from tunixops.exceptions import Conflict
 
 S = RunStatus
 
@@ -33,12 +35,14 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 }
 
 
-class IllegalTransition(Exception):
+class IllegalTransition(Conflict):
     def __init__(self, run_id: uuid.UUID, current: str, target: str) -> None:
         self.run_id = run_id
         self.current = current
         self.target = target
-        super().__init__(f"run {run_id} cannot go from {current} to {target}")
+        super().__init__(
+            f"The run is {current}; it cannot become {target}.", code="illegal_transition"
+        )
 
 
 def is_allowed(current: str, target: str) -> bool:
@@ -63,6 +67,7 @@ def transition(
     """
     with transaction.atomic():
         run = Run.objects.select_for_update().get(pk=run_id)
+        current_status = run.status
         owned = all(getattr(run, name) == value for name, value in (where or {}).items())
         if (
             not is_allowed(run.status, target)
@@ -94,5 +99,18 @@ def transition(
         for name, value in changes.items():
             setattr(run, name, value)
         run.save(update_fields=sorted(fields))
+        _record_attempt(run, current_status, target, now)
         transaction.on_commit(lambda: notify.run_changed(run.pk, target))
     return run
+
+
+def _record_attempt(run: Run, source: str, target: RunStatus, now: datetime) -> None:
+    """Each move into `running` opens an attempt; the move out of an active status closes it."""
+    if target == S.RUNNING:
+        RunAttempt.objects.create(
+            run=run, number=run.attempt, worker_id=run.worker_id, started_at=now
+        )
+    elif source in ACTIVE_STATUSES and target not in ACTIVE_STATUSES:
+        RunAttempt.objects.filter(run=run, number=run.attempt, finished_at__isnull=True).update(
+            finished_at=now, ending=target, reason=run.status_reason, exit_code=run.exit_code
+        )

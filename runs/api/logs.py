@@ -1,28 +1,28 @@
 """Live logs API: the SSE stream of a run and the snapshot a page paints first."""
 
-from collections.abc import Iterable
 from typing import Any
 
 from django.http import HttpResponse
 from django_eventstream.utils import add_default_headers
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers
-from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.parsers import BaseParser
-from rest_framework.renderers import BaseRenderer
+from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from runs import selectors, sse
-from runs.eventstream import MAX_SEQ, log_channel, resume_after
-from runs.training_metrics import MAX_STEP
-from tunixops.api import ERROR, ApplicationError
+from runs import selectors
+from runs.entrypoints.protocol import MAX_STEP
+from runs.live import limits, stream
+from runs.live.handoff import hand_off
+from runs.live.storage import MAX_SEQ, log_channel, resume_after
+from tunixops.api.errors import errors
+from tunixops.api.negotiation import FirstRenderer
+from tunixops.api.serializers import InputSerializer
 
 SNAPSHOT_MAX_LINES = 10_000
 
 
-class LogStreamQuery(serializers.Serializer[Any]):
+class LogStreamQuery(InputSerializer):
     since_seq = serializers.IntegerField(min_value=0, max_value=MAX_SEQ, required=False)
     # `metric` events for steps after this one; without it, for steps recorded from now on.
     since_step = serializers.IntegerField(min_value=0, max_value=MAX_STEP, required=False)
@@ -30,7 +30,7 @@ class LogStreamQuery(serializers.Serializer[Any]):
     lastEventId = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
-class LogSnapshotQuery(serializers.Serializer[Any]):
+class LogSnapshotQuery(InputSerializer):
     lines = serializers.IntegerField(min_value=0, max_value=SNAPSHOT_MAX_LINES, default=200)
 
 
@@ -47,24 +47,14 @@ class LogSnapshotOutput(serializers.Serializer[Any]):
     truncated = serializers.BooleanField()
 
 
-class JSONErrorsNegotiation(BaseContentNegotiation):
-    """EventSource sends `Accept: text/event-stream`; errors still answer in the API's JSON."""
-
-    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser:
-        return next(iter(parsers))
-
-    def select_renderer(
-        self,
-        request: Request,
-        renderers: Iterable[BaseRenderer],
-        format_suffix: str | None = None,
-    ) -> tuple[BaseRenderer, str]:
-        renderer = next(iter(renderers))
-        return renderer, str(renderer.media_type)
+class AsgiRequired(exceptions.APIException):
+    status_code = 501
+    default_code = "asgi_required"
+    default_detail = "Live logs need the ASGI server: daphne tunixops.asgi:application."
 
 
 class LogStreamApi(APIView):
-    content_negotiation_class = JSONErrorsNegotiation
+    content_negotiation_class = FirstRenderer
 
     @extend_schema(
         operation_id="run_logs_stream",
@@ -86,17 +76,16 @@ class LogStreamApi(APIView):
                     "`since_step`, or recorded after connecting when it is absent; "
                     "`heartbeat` when idle. Without `since_seq` or "
                     "`Last-Event-ID` it starts at the first chunk. A terminal `status` is the "
-                    "last event: the stream then closes."
+                    "last event: the stream then closes. At most "
+                    "TUNIX_SSE_MAX_STREAMS_PER_USER streams per user and web process: past it, "
+                    "429 `too_many_streams` with Retry-After."
                 )
             ),
-            400: ERROR,
-            401: ERROR,
-            404: ERROR,
-            501: ERROR,
+            **errors(400, 404, 501),
         },
     )
     def get(self, request: Request, run_id: str) -> HttpResponse:
-        run = selectors.run_get_or_404(run_id)
+        run = selectors.run_get_or_404(run_id, user=request.user)
         query = LogStreamQuery(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         channel = log_channel(run.pk)
@@ -110,15 +99,16 @@ class LogStreamApi(APIView):
         add_default_headers(response, request=request)
         if request.method == "HEAD":
             return response
-        start = sse.StreamStart(
-            run_id=run.pk, after_seq=after, since_step=query.validated_data.get("since_step")
+        ticket = limits.STREAMS.take(request.user.pk)
+        start = stream.StreamStart(
+            run_id=run.pk,
+            after_seq=after,
+            since_step=query.validated_data.get("since_step"),
+            ticket=ticket,
         )
-        if not sse.hand_off(request, start):
-            raise ApplicationError(
-                "Live logs need the ASGI server: daphne tunixops.asgi:application.",
-                code="asgi_required",
-                status_code=501,
-            )
+        if not hand_off(request, start):
+            ticket.release()
+            raise AsgiRequired
         return response
 
 
@@ -126,15 +116,15 @@ class LogSnapshotApi(APIView):
     @extend_schema(
         operation_id="run_logs_snapshot",
         parameters=[LogSnapshotQuery],
-        responses={200: LogSnapshotOutput, 400: ERROR, 401: ERROR, 404: ERROR},
+        responses={200: LogSnapshotOutput, **errors(400, 404)},
         description=(
             "The last `lines` lines (default 200, at most 10,000) for a fast first paint; then "
             "open the stream with `since_seq=last_seq`. `truncated` says earlier lines exist."
         ),
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = selectors.run_get_or_404(run_id)
+        run = selectors.run_get_or_404(run_id, user=request.user)
         query = LogSnapshotQuery(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
-        snapshot = sse.log_snapshot(run.pk, lines=query.validated_data["lines"])
+        snapshot = selectors.log_snapshot(run.pk, lines=query.validated_data["lines"])
         return Response(LogSnapshotOutput(snapshot).data)

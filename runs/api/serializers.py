@@ -1,36 +1,13 @@
 from typing import Any
 
-from drf_spectacular.extensions import OpenApiSerializerExtension
-from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from runs.models import Run, RunStatus
-
-
-class StrictSerializer(serializers.Serializer[Any]):
-    """Refuses keys it does not declare, so a typo is an error rather than silently ignored."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
-        return super().to_internal_value(data)
-
-
-# drf-spectacular's extension hooks are untyped, hence the two ignores.
-class StrictSerializerSchema(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
-    """Documents what StrictSerializer enforces, so clients and fuzzers do not send other keys."""
-
-    target_class = StrictSerializer
-    match_subclasses = True
-
-    def map_serializer(self, auto_schema: AutoSchema, direction: Any) -> dict[str, Any]:
-        schema: dict[str, Any] = auto_schema._map_serializer(  # type: ignore[no-untyped-call]
-            self.target, direction, bypass_extensions=True
-        )
-        schema["additionalProperties"] = False
-        return schema
+from runs import retry_rules
+from runs.models import Run, RunAttempt, RunStatus
+from runs.recipes import MAX_DEVICES, POOL_NAME, Recipe
+from runs.selectors import RUN_ORDERINGS
+from tunixops.api.serializers import InputSerializer, StrictSerializer
 
 
 class RunCreateInput(StrictSerializer):
@@ -49,6 +26,40 @@ class RunCreateInput(StrictSerializer):
     cancel_grace_seconds = serializers.FloatField(
         min_value=0, max_value=600, required=False, allow_null=True, default=None
     )
+    devices = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_DEVICES,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="GPUs or TPU chips on one host; default the recipe's. 0 runs on CPU only.",
+    )
+    memory_limit_mb = serializers.IntegerField(
+        min_value=1,
+        max_value=2**31 - 1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Memory limit of the run's processes; default the recipe's, else the worker's.",
+    )
+    pool = serializers.RegexField(
+        POOL_NAME,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The pool of workers that may run it; default the recipe's (`default`).",
+    )
+    retry_on = serializers.ListField(
+        child=serializers.CharField(max_length=20),
+        max_length=retry_rules.MAX_RULES,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text=(
+            "Endings that start another attempt while attempts remain: `exit:N`, `signal`, "
+            "`signal:N`, `oom`, `timeout`, `worker_lost`. Default the recipe's."
+        ),
+    )
 
 
 class RunCreateQuery(StrictSerializer):
@@ -56,15 +67,24 @@ class RunCreateQuery(StrictSerializer):
     wait_seconds = serializers.FloatField(min_value=0, max_value=300, default=30)
 
 
-class RunListQuery(serializers.Serializer[Any]):
+class RunListQuery(InputSerializer):
     status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
     recipe = serializers.CharField(max_length=100, required=False)
     dataset_key = serializers.CharField(max_length=200, required=False)
     created_by = serializers.CharField(max_length=150, required=False)
+    sort = serializers.ChoiceField(
+        choices=list(RUN_ORDERINGS),
+        default="-created_at",
+        help_text="Newest first (default), oldest first, or by disk usage (`-artifact_bytes`).",
+    )
 
 
 class RunCancelInput(StrictSerializer):
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class RunRequeueInput(StrictSerializer):
+    """No options: the copy is the original's settings. An empty body or `{}`."""
 
 
 class RunStatusOutput(serializers.ModelSerializer[Run]):
@@ -85,11 +105,58 @@ class RunStatusOutput(serializers.ModelSerializer[Run]):
         ]
 
 
+class RunAttemptOutput(serializers.ModelSerializer[RunAttempt]):
+    class Meta:
+        model = RunAttempt
+        fields = [
+            "number",
+            "worker_id",
+            "started_at",
+            "finished_at",
+            "ending",
+            "reason",
+            "exit_code",
+        ]
+
+
+class RunContinueInput(StrictSerializer):
+    step = serializers.IntegerField(
+        min_value=0,
+        max_value=2_147_483_647,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="A committed checkpoint step of the run; default its last.",
+    )
+    recipe = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Fork into this recipe (it must declare it can start from the run's).",
+    )
+    config = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="Settings that differ from the run's (continue) or the recipe's (fork).",
+    )
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
 class RunOutput(serializers.ModelSerializer[Run]):
     created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="username", read_only=True
     )
+    pinned_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     duration_seconds = serializers.SerializerMethodField()
+    dataset_key = serializers.CharField(source="dataset_id", allow_null=True, read_only=True)
+    attempts = RunAttemptOutput(many=True, read_only=True)
+    ray_dashboard_url = serializers.CharField(
+        read_only=True,
+        help_text="The Ray dashboard's page of the run's job (when the dashboard is known).",
+    )
 
     class Meta:
         model = Run
@@ -105,6 +172,18 @@ class RunOutput(serializers.ModelSerializer[Run]):
             "cancel_grace_seconds",
             "max_attempts",
             "attempt",
+            "devices",
+            "device_ids",
+            "memory_limit_mb",
+            "pool",
+            "executor",
+            "ray_submission_id",
+            "ray_dashboard_url",
+            "retry_on",
+            "not_before",
+            "attempts",
+            "continued_from",
+            "continued_from_step",
             "status",
             "status_reason",
             "exit_code",
@@ -120,7 +199,25 @@ class RunOutput(serializers.ModelSerializer[Run]):
             "log_bytes",
             "log_truncated",
             "requeued_from",
+            "pinned",
+            "pinned_at",
+            "pinned_by",
+            "artifact_bytes",
+            "log_pruned_at",
+            "artifacts_pruned_at",
         ]
+        extra_kwargs = {
+            "executor": {"help_text": "Where the run executes: local (a worker's child) or ray."},
+            "ray_submission_id": {"help_text": "The submission id of the run's latest Ray job."},
+            "artifact_bytes": {"help_text": "Bytes of the run's registered files (disk usage)."},
+            "log_pruned_at": {
+                "help_text": "When retention deleted the log; the stdout/stderr tails are kept."
+            },
+            "artifacts_pruned_at": {
+                "help_text": "When retention deleted checkpoint files (all but the last step, "
+                "or every file)."
+            },
+        }
 
     def get_duration_seconds(self, run: Run) -> float | None:
         duration = run.duration
@@ -147,3 +244,36 @@ class DryRunOutput(serializers.Serializer[Any]):
     config = serializers.DictField()
     config_file = serializers.CharField()
     env = serializers.DictField(child=serializers.CharField())
+
+
+class RunPinOutput(serializers.ModelSerializer[Run]):
+    run_id = serializers.UUIDField(source="id")
+    pinned_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+
+    class Meta:
+        model = Run
+        fields = ["run_id", "pinned", "pinned_at", "pinned_by"]
+
+
+class RecipeKeyOutput(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    type = serializers.ChoiceField(choices=["int", "float", "str", "bool"])
+    default = serializers.JSONField(allow_null=True, help_text="Applied when the run omits it.")
+    min = serializers.FloatField(allow_null=True)
+    max = serializers.FloatField(allow_null=True)
+    choices = serializers.ListField(child=serializers.JSONField())
+    max_length = serializers.IntegerField(help_text="For `str` keys.")
+    help = serializers.CharField(allow_blank=True)
+
+
+class RecipeOutput(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    description = serializers.CharField(allow_blank=True)
+    default_model_id = serializers.CharField(allow_blank=True)
+    config = serializers.SerializerMethodField(help_text="Its config keys, in declared order.")
+
+    @extend_schema_field(RecipeKeyOutput(many=True))
+    def get_config(self, recipe: Recipe) -> Any:
+        return RecipeKeyOutput(list(recipe.keys.values()), many=True).data

@@ -9,14 +9,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from runs import selectors
-from runs.training_metrics import MAX_STEP, metric_series
-from tunixops.api import ERROR
+from runs.entrypoints.protocol import MAX_STEP
+from tunixops.api.errors import errors
+from tunixops.api.serializers import InputSerializer
 
 DEFAULT_POINTS = 1000
 MAX_POINTS = 10_000
 
 
-class MetricSeriesQuery(serializers.Serializer[Any]):
+class MetricSeriesQuery(InputSerializer):
     since_step = serializers.IntegerField(
         min_value=0,
         max_value=MAX_STEP,
@@ -55,7 +56,7 @@ class RunMetricsApi(APIView):
     @extend_schema(
         operation_id="run_metrics",
         parameters=[MetricSeriesQuery],
-        responses={200: MetricSeriesOutput, 400: ERROR, 401: ERROR, 404: ERROR},
+        responses={200: MetricSeriesOutput, **errors(400, 404)},
         description=(
             "The run's training metrics, one point per optimizer step in step order, parsed from "
             "the recipe's `tunixops.metric` stdout lines. `since_step` returns only newer steps; "
@@ -64,10 +65,10 @@ class RunMetricsApi(APIView):
         ),
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = selectors.run_get_or_404(run_id)
+        run = selectors.run_get_or_404(run_id, user=request.user)
         query = MetricSeriesQuery(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
-        series = metric_series(
+        series = selectors.metric_series(
             run.pk,
             since_step=query.validated_data.get("since_step", -1),
             max_points=query.validated_data["max_points"],

@@ -1,0 +1,1 @@
+"""Executing runs: the worker loop, its executors, and the log sink."""

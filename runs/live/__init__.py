@@ -1,0 +1,1 @@
+"""Live logs: the SSE stream, the per-process hub that wakes it, and NOTIFY/LISTEN."""
