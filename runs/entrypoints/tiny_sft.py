@@ -31,8 +31,11 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from runs.entrypoints.dataset import DatasetError, read_examples
+from runs.entrypoints.protocol import metric_line
+from runs.entrypoints.specs import TINY_SFT_KEYS
+
 CORPUS_PATH = Path(__file__).with_name("corpus.txt")
-METRIC_PREFIX = "tunixops.metric "
 
 PAD_ID = 0
 UNK_ID = 1
@@ -60,26 +63,21 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 50
-    learning_rate: float = 3e-3
-    batch_size: int = 8
-    seq_len: int = 32
-    save_every_steps: int = 10
-    lora_rank: int = 0
-    seed: int = 0
+    max_steps: int
+    learning_rate: float
+    batch_size: int
+    seq_len: int
+    save_every_steps: int
+    lora_rank: int
+    seed: int
 
 
-# Kept equal to the bounds of the `tiny_sft` recipe in runs/recipes.py, so that a config the
-# server accepted is never refused here.
+# The recipe's own bounds and defaults (runs/entrypoints/specs.py), as the server validates them.
 _LIMITS: dict[str, tuple[type[int] | type[float], float, float]] = {
-    "max_steps": (int, 1, 1_000_000),
-    "learning_rate": (float, 1e-7, 1.0),
-    "batch_size": (int, 1, 256),
-    "seq_len": (int, 4, 1024),
-    "save_every_steps": (int, 1, 1_000_000),
-    "lora_rank": (int, 0, 64),
-    "seed": (int, 0, 2**31 - 1),
+    k.name: (int if k.type == "int" else float, float(k.min or 0), float(k.max or 0))
+    for k in TINY_SFT_KEYS
 }
+DEFAULTS: dict[str, Any] = {k.name: k.default for k in TINY_SFT_KEYS}
 
 
 def parse_config(raw: object) -> tuple[TrainConfig, list[str]]:
@@ -110,7 +108,7 @@ def parse_config(raw: object) -> tuple[TrainConfig, list[str]]:
         values[key] = kind(value)
     if errors:
         raise UsageError("invalid config: " + "; ".join(errors))
-    return TrainConfig(**values), warnings
+    return TrainConfig(**{**DEFAULTS, **values}), warnings
 
 
 def load_config(path: Path) -> tuple[TrainConfig, list[str]]:
@@ -131,29 +129,10 @@ def load_documents(dataset: Path | None) -> tuple[list[str], str]:
         text = CORPUS_PATH.read_text(encoding="utf-8")
         return [text], f"builtin corpus ({len(text):,} chars)"
     try:
-        lines = dataset.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read dataset {dataset}: {exc}") from exc
-    documents: list[str] = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"dataset {dataset} line {lineno}: not valid JSON ({exc})") from exc
-        if not (
-            isinstance(record, dict)
-            and isinstance(record.get("prompt"), str)
-            and isinstance(record.get("completion"), str)
-        ):
-            raise UsageError(
-                f"dataset {dataset} line {lineno}: expected an object with string "
-                "'prompt' and 'completion'"
-            )
-        text = record["prompt"] + record["completion"]
-        if text:
-            documents.append(text)
+        examples = read_examples(dataset)
+    except DatasetError as exc:
+        raise UsageError(str(exc)) from exc
+    documents = [e.prompt + e.completion for e in examples if e.prompt + e.completion]
     if not documents:
         raise UsageError(f"dataset {dataset} has no record with text")
     chars = sum(len(doc) for doc in documents)
@@ -223,12 +202,12 @@ class ProgressReporter:
             return
         self.last_step = step
         self.last_loss = loss
-        metric: dict[str, int | float | None] = {"step": step, "loss": _json_number(round(loss, 6))}
+        metric: dict[str, float | None] = {"loss": _json_number(round(loss, 6))}
         for name, value in extra.items():
             metric[name] = _json_number(round(float(value), 6))
         metric["learning_rate"] = self.learning_rate
         print(f"step {step} loss {loss:.4f}", file=self.out, flush=True)
-        print(METRIC_PREFIX + json.dumps(metric, allow_nan=False), file=self.out, flush=True)
+        print(metric_line(step, metric), file=self.out, flush=True)
 
 
 def _last_metric(trainer: Any, name: str) -> float | None:
