@@ -7,6 +7,8 @@ from django.utils.html import format_html
 
 from artifacts.models import Artifact
 from runs.models import Run
+from runs.permissions import RunVisibilityAdminMixin
+from tunixops.admin import ReadOnlyAdminMixin
 
 # The worker's sync writes the registry; an edit by hand would point a download at other bytes.
 READONLY = ("run", "name", "size_bytes", "sha256", "step", "created_at", "updated_at")
@@ -29,7 +31,11 @@ class ArtifactDisplay:
 
 
 @admin.register(Artifact)
-class ArtifactAdmin(ArtifactDisplay, admin.ModelAdmin[Artifact]):
+class ArtifactAdmin(
+    RunVisibilityAdminMixin, ReadOnlyAdminMixin, ArtifactDisplay, admin.ModelAdmin[Artifact]
+):
+    run_prefix = "run__"
+
     list_display = ("name", "run", "step", "size_display", "created_at", "download_link")
     list_select_related = ("run",)
     list_filter = (("step", admin.EmptyFieldListFilter),)
@@ -39,12 +45,6 @@ class ArtifactAdmin(ArtifactDisplay, admin.ModelAdmin[Artifact]):
     date_hierarchy = "created_at"
     show_full_result_count = False
     list_per_page = 200
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Artifact | None = None) -> bool:
-        return False
 
 
 class ArtifactInline(ArtifactDisplay, admin.TabularInline[Artifact, Run]):

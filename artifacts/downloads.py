@@ -1,7 +1,7 @@
 """Download responses: one file with validators and byte ranges, or a checkpoint step as a zip.
 
 Both stream from an async iterator that reads in a worker thread, so a slow disk never stalls the
-event loop, and rely on `artifacts.backpressure` for a slow client: daphne's `send` only returns
+event loop, and rely on `tunixops.api.flow` for a slow client: daphne's `send` only returns
 once the connection has room, so the web process holds about one chunk per download. With
 `TUNIX_DOWNLOAD_BACKEND=nginx` (or `sendfile`) a single-file download is handed to the front
 proxy after the same checks, and the proxy does the ranges.
@@ -22,13 +22,14 @@ from urllib.parse import quote
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from django.utils.http import content_disposition_header, http_date, parse_etags
+from django.utils.cache import get_conditional_response
+from django.utils.http import content_disposition_header, http_date
 from django.utils.http import parse_http_date_safe as parse_http_date
 
 from artifacts.fs import ArtifactUnavailable, OpenFile, artifact_root, open_in_run_dir
 from artifacts.models import Artifact
 from runs.models import Run
-from tunixops.api import ApplicationError
+from tunixops.exceptions import Conflict
 
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 OCTET_STREAM = "application/octet-stream"
@@ -103,27 +104,37 @@ def _if_range_allows(request: HttpRequest, etag: str, last_modified: int) -> boo
     return parse_http_date(value) == last_modified
 
 
-def _if_none_match_hits(request: HttpRequest, etag: str) -> bool:
-    value = request.headers.get("If-None-Match")
-    if not value:
-        return False
-    tags = parse_etags(value)
-    return "*" in tags or etag in tags or f"W/{etag}" in tags
+def _conditional(request: HttpRequest, etag: str, last_modified: int) -> HttpResponseBase | None:
+    """Django's own evaluation of If-Match, If-Unmodified-Since, If-None-Match and
+    If-Modified-Since (RFC 9110 order): a 304 or a 412 to send instead, or None."""
+    answer = get_conditional_response(request, etag=etag, last_modified=last_modified)
+    if answer is None:
+        return None
+    if answer.status_code == 412:
+        error = {
+            "code": "precondition_failed",
+            "message": "The file no longer matches If-Match or If-Unmodified-Since.",
+        }
+        answer = JsonResponse({"error": error}, status=412)
+    answer["ETag"] = etag
+    return answer
 
 
 def _open_checked(run: Run, artifact: Artifact) -> OpenFile:
-    """Open the artifact's file, refusing it unless it is still the file the registry hashed."""
+    """Open the artifact's file, refusing it unless it is still the file the registry hashed:
+    same size, mtime, inode and ctime, so its sha256 (the ETag) still describes its bytes. A
+    hard-linked file is not opened at all (artifacts/fs.py)."""
     try:
         opened = open_in_run_dir(run.pk, artifact.name)
     except ArtifactUnavailable as exc:
         raise NotFound from exc
-    if (opened.size, opened.mtime_ns) != (artifact.size_bytes, artifact.mtime_ns):
+    if not artifact.matches(opened.identity):
         opened.close()
-        raise ApplicationError(
-            "The file changed after it was registered; it can be downloaded again once the "
-            "worker has registered the new version.",
+        raise Conflict(
+            "The file changed after it was registered; it can be downloaded again once it is "
+            "registered again (the worker does that while the run trains; for a finished run, "
+            "an operator runs `manage.py tunix_artifacts_sync <run id>`).",
             code="artifact_changed",
-            status_code=409,
         )
     return opened
 
@@ -187,11 +198,10 @@ def artifact_download(request: HttpRequest, run: Run, artifact: Artifact) -> Htt
     opened = _open_checked(run, artifact)
     etag = quoted_etag(artifact.sha256)
     last_modified = opened.mtime_ns // 1_000_000_000
-    if _if_none_match_hits(request, etag):
+    conditional = _conditional(request, etag, last_modified)
+    if conditional is not None:
         opened.close()
-        not_modified = HttpResponse(status=304)
-        not_modified["ETag"] = etag
-        return not_modified
+        return conditional
 
     backend = settings.TUNIX_DOWNLOAD_BACKEND
     if backend != BACKEND_APP:

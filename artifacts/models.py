@@ -1,5 +1,6 @@
 from django.db import models
 
+from artifacts.fs import Identity
 from runs.models import Run
 
 
@@ -11,9 +12,12 @@ class Artifact(models.Model):
     sha256 = models.CharField(max_length=64)
     # The Orbax checkpoint step the file belongs to, if any.
     step = models.PositiveIntegerField(null=True, blank=True)
-    # Size and mtime as last hashed: a sync re-hashes a file only when either changed, and a
-    # download refuses a file that no longer matches what its sha256 describes.
+    # The file's identity as last hashed (artifacts/fs.Identity): a sync re-hashes a file only
+    # when one of these changed, and a download refuses a file that no longer matches what its
+    # sha256 describes. 0 for inode and ctime: registered before they were recorded.
     mtime_ns = models.BigIntegerField(default=0)
+    inode = models.BigIntegerField(default=0)
+    ctime_ns = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -35,3 +39,14 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.size_bytes, self.mtime_ns, self.inode, self.ctime_ns)
+
+    def matches(self, found: Identity) -> bool:
+        """Whether `found` is the version of the file this row hashed. Rows from before inode
+        and ctime were recorded compare size and mtime only."""
+        if not self.inode:
+            return (found.size, found.mtime_ns) == (self.size_bytes, self.mtime_ns)
+        return found == self.identity

@@ -8,6 +8,7 @@ from django.http import Http404
 
 from traces.formats import Renderer
 from traces.models import MAX_TRACE_BYTES, Dataset, DatasetItem, MetaFilters, Trace
+from tunixops.text import has_bad_chars
 
 # Traces read per export query: as many as fit in EXPORT_CHUNK_BYTES going by the dataset's
 # largest trace, so round trips do not dominate with small traces and memory stays bounded with
@@ -16,13 +17,18 @@ EXPORT_CHUNK_BYTES = 8 * 1024 * 1024
 EXPORT_CHUNK_MAX = 500
 
 
+def dataset_keys_newest_first() -> QuerySet[Dataset, str]:
+    return Dataset.objects.order_by("-created_at").values_list("key", flat=True)
+
+
 def dataset_exists(key: str) -> bool:
-    return Dataset.objects.filter(key=key).exists()
+    return not has_bad_chars(key) and Dataset.objects.filter(key=key).exists()
 
 
 def dataset_get_or_404(key: str) -> Dataset:
-    # No key holds a NUL, and PostgreSQL refuses one in a query (a 500): such a key is unknown.
-    if "\x00" in key:
+    # No key holds a NUL or a lone surrogate, and PostgreSQL refuses them in a query (a 500):
+    # such a key is unknown.
+    if has_bad_chars(key):
         raise Http404("No such dataset.")
     try:
         return Dataset.objects.select_related("created_by").get(key=key)

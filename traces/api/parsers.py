@@ -1,6 +1,6 @@
 """JSON parsers for trace uploads, which are larger than the site-wide request limit allows."""
 
-from tunixops.api import LimitedJSONParser
+from tunixops.api.parsers import LimitedJSONParser
 
 
 class TraceJSONParser(LimitedJSONParser):

@@ -8,7 +8,6 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from runs.api.serializers import StrictSerializer
 from traces.formats import FORMATS
 from traces.models import (
     MAX_BATCH,
@@ -22,10 +21,9 @@ from traces.models import (
     MetaScalar,
     Trace,
 )
+from tunixops.api.serializers import InputSerializer, StrictSerializer
+from tunixops.text import BAD_CHARS_MESSAGE, has_bad_chars
 
-# PostgreSQL can store neither in text or jsonb; refusing them here keeps them from becoming a 500.
-BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
-BAD_CHARS_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
 MAX_STEP_TYPE_CHARS = 64
 MAX_FILTER_KEYS = 20
 MAX_FILTER_VALUES = 100
@@ -37,26 +35,10 @@ KEY_PART = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 JSON_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
-def no_bad_chars(value: str) -> None:
-    if BAD_CHARS.search(value):
-        raise serializers.ValidationError(BAD_CHARS_MESSAGE)
-
-
-def _has_bad_chars(value: Any) -> bool:
-    if isinstance(value, str):
-        return BAD_CHARS.search(value) is not None
-    if isinstance(value, dict):
-        return any(_has_bad_chars(k) or _has_bad_chars(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_bad_chars(item) for item in value)
-    return False
-
-
 def _text(max_length: int) -> serializers.CharField:
-    # Prompts and answers are kept exactly as sent, surrounding whitespace included.
-    return serializers.CharField(
-        max_length=max_length, trim_whitespace=False, validators=[no_bad_chars]
-    )
+    # Prompts and answers are kept exactly as sent, surrounding whitespace included. NUL and
+    # lone surrogates are refused by the CharField itself.
+    return serializers.CharField(max_length=max_length, trim_whitespace=False)
 
 
 STEP_SCHEMA = {
@@ -76,8 +58,10 @@ class StepsField(serializers.Field):  # type: ignore[type-arg]
     """`[{i, type, content}]`, returned in order of `i`.
 
     Checked by hand rather than by a nested serializer: a batch holds up to a million steps, and
-    a serializer per step would spend most of the request there.
+    a serializer per step would spend most of the request there. It checks its own strings.
     """
+
+    checks_bad_chars = True
 
     def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
         if not isinstance(data, list):
@@ -116,7 +100,7 @@ class StepsField(serializers.Field):  # type: ignore[type-arg]
         if "type" in step:
             if not isinstance(kind, str) or not 1 <= len(kind) <= MAX_STEP_TYPE_CHARS:
                 problems["type"] = [f"Expected a string of 1 to {MAX_STEP_TYPE_CHARS} characters."]
-            elif BAD_CHARS.search(kind):
+            elif has_bad_chars(kind):
                 problems["type"] = [BAD_CHARS_MESSAGE]
         if "content" in step:
             if not isinstance(content, str):
@@ -125,7 +109,7 @@ class StepsField(serializers.Field):  # type: ignore[type-arg]
                 problems["content"] = [
                     f"Ensure this field has no more than {MAX_STEP_CHARS} characters."
                 ]
-            elif BAD_CHARS.search(content):
+            elif has_bad_chars(content):
                 problems["content"] = [BAD_CHARS_MESSAGE]
         return problems
 
@@ -140,8 +124,6 @@ class MetaField(serializers.Field):  # type: ignore[type-arg]
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise serializers.ValidationError("Expected a JSON object.")
-        if _has_bad_chars(data):
-            raise serializers.ValidationError(BAD_CHARS_MESSAGE)
         return data
 
     def to_representation(self, value: Any) -> Any:
@@ -151,14 +133,14 @@ class MetaField(serializers.Field):  # type: ignore[type-arg]
 def _filter_key_problem(key: str) -> str | None:
     if not 1 <= len(key) <= MAX_FILTER_KEY_CHARS:
         return f"A meta key has 1 to {MAX_FILTER_KEY_CHARS} characters."
-    if BAD_CHARS.search(key):
+    if has_bad_chars(key):
         return BAD_CHARS_MESSAGE
     return None
 
 
 def _is_scalar(value: Any) -> bool:
     if isinstance(value, str):
-        return len(value) <= MAX_FILTER_VALUE_CHARS and not BAD_CHARS.search(value)
+        return len(value) <= MAX_FILTER_VALUE_CHARS and not has_bad_chars(value)
     if isinstance(value, float):
         return value == value and abs(value) != float("inf")
     return isinstance(value, int)
@@ -199,6 +181,8 @@ _FILTER_SCALAR = {
 )
 class MetaFiltersField(serializers.Field):  # type: ignore[type-arg]
     """`{"source": "gsm8k", "difficulty": [1, 2]}` -> `{"source": ["gsm8k"], ...}`."""
+
+    checks_bad_chars = True
 
     def to_internal_value(self, data: Any) -> MetaFilters:
         if not isinstance(data, dict):
@@ -242,6 +226,109 @@ class TraceBatchInput(StrictSerializer):
         child=TraceInput(), min_length=1, max_length=MAX_BATCH
     )
 
+    def to_internal_value(self, data: Any) -> Any:
+        # A batch is up to 1,000 traces; through the fields above, most of a valid batch's time
+        # went to DRF's per-field machinery. A batch that plain_batch() vouches for is taken as
+        # it stands; any other goes through the fields, so every error (its message and its
+        # field path) is still theirs.
+        traces = plain_batch(data)
+        if traces is not None:
+            return {"traces": traces}
+        return super().to_internal_value(data)
+
+
+# What TraceInput and StepsField accept, checked without DRF. Each check may refuse more than
+# the fields do (a "2" or 2.0 as trace_version, a key of meta with a NUL), never less: a refusal
+# only sends the batch through the fields, which then accept it or say why not.
+_TRACE_KEYS = frozenset(TraceInput().fields)
+_STEP_KEYS = frozenset(("i", "type", "content"))
+
+
+def _plain_text(value: Any, max_length: int) -> bool:
+    return type(value) is str and 0 < len(value) <= max_length and not has_bad_chars(value)
+
+
+def _plain_json(value: Any) -> bool:
+    """No NUL nor unpaired surrogate in any string of a JSON value, keys included."""
+    kind = type(value)
+    if kind is str:
+        return not has_bad_chars(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or has_bad_chars(key) or not _plain_json(item):
+                return False
+        return True
+    if kind is list:
+        return all(_plain_json(item) for item in value)
+    return value is None or kind in (int, float, bool)
+
+
+def _plain_steps(steps: Any) -> list[dict[str, Any]] | None:
+    """StepsField's value for `steps` (the same steps, in order of `i`), or None."""
+    if type(steps) is not list or not 1 <= len(steps) <= MAX_STEPS:
+        return None
+    previous, in_order = -1, True
+    for step in steps:
+        if type(step) is not dict or step.keys() != _STEP_KEYS:
+            return None
+        i, kind, content = step["i"], step["type"], step["content"]
+        if type(i) is not int or i < 0:
+            return None
+        if not _plain_text(kind, MAX_STEP_TYPE_CHARS):
+            return None
+        # Content may be empty, unlike the other texts.
+        if type(content) is not str or len(content) > MAX_STEP_CHARS or has_bad_chars(content):
+            return None
+        in_order = in_order and i > previous
+        previous = i
+    if in_order:  # the usual case: nothing to copy
+        return steps
+    if len({step["i"] for step in steps}) != len(steps):
+        return None
+    return sorted(steps, key=lambda step: step["i"])
+
+
+def _plain_trace(data: Any) -> dict[str, Any] | None:
+    """TraceInput's validated data for `data`, or None."""
+    if type(data) is not dict or not data.keys() <= _TRACE_KEYS:
+        return None
+    version = data.get("trace_version", 1)
+    if type(version) is not int or not 1 <= version <= 32767:
+        return None
+    prompt, final_answer = data.get("prompt"), data.get("final_answer")
+    if not _plain_text(prompt, MAX_TEXT_CHARS) or not _plain_text(final_answer, MAX_TEXT_CHARS):
+        return None
+    steps = _plain_steps(data.get("steps"))
+    if steps is None:
+        return None
+    meta = data.get("meta", {})
+    if type(meta) is not dict or not _plain_json(meta):
+        return None
+    return {
+        "trace_version": version,
+        "prompt": prompt,
+        "steps": steps,
+        "final_answer": final_answer,
+        "meta": meta,
+    }
+
+
+def plain_batch(data: Any) -> list[dict[str, Any]] | None:
+    """TraceBatchInput's validated `traces` for a batch every part of which is plainly valid;
+    None if any part is not, or might not be."""
+    if type(data) is not dict or data.keys() != {"traces"}:
+        return None
+    traces = data["traces"]
+    if type(traces) is not list or not 1 <= len(traces) <= MAX_BATCH:
+        return None
+    valid = []
+    for item in traces:
+        trace = _plain_trace(item)
+        if trace is None:
+            return None
+        valid.append(trace)
+    return valid
+
 
 class TraceBatchOutput(serializers.Serializer[Any]):
     count = serializers.IntegerField()
@@ -263,7 +350,7 @@ META_QUERY_SCHEMA = {
 }
 
 
-class TraceListQuery(serializers.Serializer[Any]):
+class TraceListQuery(InputSerializer):
     meta = serializers.ListField(
         child=serializers.CharField(max_length=MAX_FILTER_KEY_CHARS + 1 + MAX_FILTER_VALUE_CHARS),
         required=False,
@@ -408,5 +495,5 @@ class DatasetOutput(serializers.ModelSerializer[Dataset]):
         return {"self": base, "export": f"{base}/export.jsonl?format=tunix_sft"}
 
 
-class DatasetExportQuery(serializers.Serializer[Any]):
+class DatasetExportQuery(InputSerializer):
     format = serializers.ChoiceField(choices=sorted(FORMATS), default="tunix_sft")

@@ -1,6 +1,6 @@
 """The trace and dataset REST API: one view per operation, all logic in services and selectors."""
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -9,46 +9,36 @@ from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.pagination import PageNumberPagination
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from runs.permissions import ADD_DATASET, ADD_TRACE
 from traces import selectors, services
 from traces.api import serializers as s
 from traces.api.parsers import TraceBatchJSONParser, TraceJSONParser
 from traces.formats import FORMATS
-from tunixops.api import ERROR
+from tunixops.api.errors import errors
+from tunixops.api.negotiation import FirstRenderer
+from tunixops.api.pagination import Pagination
+from tunixops.api.permissions import writes_need
 
-
-class IgnoreFormatQuery(DefaultContentNegotiation):
-    """`?format=` names the export format here, not one of DRF's renderers."""
-
-    def select_renderer(
-        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
-    ) -> tuple[BaseRenderer, str]:
-        renderer = next(iter(renderers))
-        return renderer, renderer.media_type
-
-
-class TracePagination(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 100
+TRACE_WRITERS = writes_need(ADD_TRACE, services.NOT_TRACE_WRITER)
 
 
 class TraceCreateApi(APIView):
     parser_classes = [TraceJSONParser]
+    permission_classes = [TRACE_WRITERS]
 
     @extend_schema(
         operation_id="trace_create",
         request=s.TraceInput,
-        responses={201: s.TraceOutput, 400: ERROR, 413: ERROR},
+        responses={201: s.TraceOutput, **errors(400, 403, 413)},
         description=(
             "Store one trace. Over 1 MB (compact UTF-8 JSON) answers 413 `trace_too_large`; a "
-            "body over TUNIX_TRACE_MAX_REQUEST_BYTES answers 413 `request_too_large`."
+            "body over TUNIX_TRACE_MAX_REQUEST_BYTES answers 413 `request_too_large`. Needs the "
+            "`traces.add_trace` permission (403 otherwise)."
         ),
     )
     def post(self, request: Request) -> Response:
@@ -59,7 +49,7 @@ class TraceCreateApi(APIView):
 
 
 class TraceListApi(APIView):
-    pagination_class = TracePagination
+    pagination_class = Pagination
 
     @extend_schema(
         operation_id="trace_list",
@@ -76,7 +66,7 @@ class TraceListApi(APIView):
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int, description="At most 100."),
         ],
-        responses={200: s.TraceSummaryOutput(many=True), 400: ERROR, 404: ERROR},
+        responses={200: s.TraceSummaryOutput(many=True), **errors(400, 404)},
         description="Newest first, 50 a page. A page past the last one answers 404.",
     )
     def get(self, request: Request) -> Response:
@@ -91,44 +81,51 @@ class TraceListApi(APIView):
 class TraceCollectionApi(TraceListApi, TraceCreateApi):
     """`/api/traces` serves two operations; each keeps its own view class above."""
 
+    permission_classes = [TRACE_WRITERS]
+
 
 class TraceBatchCreateApi(APIView):
     parser_classes = [TraceBatchJSONParser]
+    permission_classes = [TRACE_WRITERS]
 
     @extend_schema(
         operation_id="trace_batch_create",
         request=s.TraceBatchInput,
-        responses={201: s.TraceBatchOutput, 400: ERROR, 413: ERROR},
+        responses={201: s.TraceBatchOutput, **errors(400, 403, 413)},
         description=(
             "Store 1 to 1,000 traces in one transaction: all of them or, on any error, none. "
-            "Field errors name the trace, e.g. `traces.3.steps.0.content`."
+            "Field errors name the trace, e.g. `traces.3.steps.0.content`. Needs the "
+            "`traces.add_trace` permission (403 otherwise)."
         ),
     )
     def post(self, request: Request) -> Response:
         body = s.TraceBatchInput(data=request.data)
         body.is_valid(raise_exception=True)
-        traces = services.trace_create_batch(
+        ids = services.trace_import_batch(
             traces=body.validated_data["traces"], created_by=request.user
         )
-        out = {"count": len(traces), "ids": [trace.pk for trace in traces]}
+        out = {"count": len(ids), "ids": ids}
         return Response(s.TraceBatchOutput(out).data, status=status.HTTP_201_CREATED)
 
 
 class TraceDetailApi(APIView):
-    @extend_schema(operation_id="trace_retrieve", responses={200: s.TraceOutput, 404: ERROR})
+    @extend_schema(operation_id="trace_retrieve", responses={200: s.TraceOutput, **errors(404)})
     def get(self, request: Request, trace_id: str) -> Response:
         return Response(s.TraceOutput(selectors.trace_get_or_404(trace_id)).data)
 
 
 class DatasetBuildApi(APIView):
+    permission_classes = [writes_need(ADD_DATASET, services.NOT_DATASET_BUILDER)]
+
     @extend_schema(
         operation_id="dataset_build",
         request=s.DatasetBuildInput,
-        responses={201: s.DatasetOutput, 400: ERROR, 409: ERROR, 413: ERROR},
+        responses={201: s.DatasetOutput, **errors(400, 403, 409, 413)},
         description=(
             "Freeze a selection of traces as dataset `name-version`. `latest` takes the newest "
             "matching traces; `random` samples them with `seed`. No match answers 400 "
-            "`empty_dataset`; an existing key answers 409 `dataset_exists`."
+            "`empty_dataset`; an existing key answers 409 `dataset_exists`. Needs the "
+            "`traces.add_dataset` permission (403 otherwise)."
         ),
     )
     def post(self, request: Request) -> Response:
@@ -139,7 +136,7 @@ class DatasetBuildApi(APIView):
 
 
 class DatasetDetailApi(APIView):
-    @extend_schema(operation_id="dataset_retrieve", responses={200: s.DatasetOutput, 404: ERROR})
+    @extend_schema(operation_id="dataset_retrieve", responses={200: s.DatasetOutput, **errors(404)})
     def get(self, request: Request, key: str) -> Response:
         return Response(s.DatasetOutput(selectors.dataset_get_or_404(key)).data)
 
@@ -158,7 +155,7 @@ def _next_chunk(chunks: Iterator[bytes]) -> bytes | None:
 
 class DatasetExportApi(APIView):
     renderer_classes = [JSONRenderer]
-    content_negotiation_class = IgnoreFormatQuery
+    content_negotiation_class = FirstRenderer
 
     @extend_schema(
         operation_id="dataset_export",
@@ -171,8 +168,7 @@ class DatasetExportApi(APIView):
                     "the completion is `Step n (type): content` lines then `Answer: ...`."
                 ),
             ),
-            400: ERROR,
-            404: ERROR,
+            **errors(400, 404),
         },
     )
     def get(self, request: Request, key: str) -> Any:
