@@ -1,0 +1,5 @@
+import sys
+
+from tunixops_client.cli import main
+
+sys.exit(main())
