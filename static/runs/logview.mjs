@@ -215,8 +215,10 @@ export class LiveLog {
 
   handleMetric(data) {
     this.touch();
-    // A later stream of ours need not resend what this one delivered.
-    if (this.sinceStep !== null && Number.isInteger(data.step) && data.step > this.sinceStep) {
+    // A later stream of ours need not resend what this one delivered. (A stream opened without
+    // a step sends only steps recorded after it connected, so the first one it sends counts too.)
+    const later = this.sinceStep === null || data.step > this.sinceStep;
+    if (Number.isInteger(data.step) && data.step >= 0 && later) {
       this.sinceStep = data.step;
     }
     this.on.metric(data);

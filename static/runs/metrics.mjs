@@ -1,5 +1,6 @@
 /**
- * Training progress on the run page: the loss series, its chart geometry and step progress.
+ * Training progress on the run page: the recorded series (loss by default, any other on
+ * request), the chart geometry and step progress.
  *
  * Points come from the metrics endpoint (`{points: [{step, values}], last_step, ...}`, the whole
  * series, thinned when long) and from the live stream's `metric` events (`{step, values}`);
@@ -29,12 +30,14 @@ export function normalizeMetrics(body) {
 export class Series {
   constructor() {
     this.points = [];
+    this.nameSet = new Set();
   }
 
   /** Adds a flat point `{step, ...}`; false if it has no valid step. */
   add(point) {
     if (point === null || typeof point !== "object") return false;
     if (!Number.isInteger(point.step) || point.step < 0) return false;
+    for (const name of Object.keys(point)) if (name !== "step") this.nameSet.add(name);
     const points = this.points;
     const last = points[points.length - 1];
     if (last === undefined || last.step < point.step) {
@@ -59,6 +62,11 @@ export class Series {
     return changed;
   }
 
+  /** Every metric name seen so far, sorted. */
+  names() {
+    return [...this.nameSet].sort();
+  }
+
   get lastStep() {
     return this.points.length ? this.points[this.points.length - 1].step : null;
   }
@@ -67,6 +75,15 @@ export class Series {
   values(name) {
     return this.points.filter((p) => finite(p[name])).map((p) => [p.step, p[name]]);
   }
+}
+
+/**
+ * The series a chart shows until the user picks one: `loss`, else a loss of some part of the
+ * model (`actor/loss` in GRPO), else the first name; null when there is none.
+ */
+export function defaultSeries(names) {
+  if (names.includes("loss")) return "loss";
+  return names.find((name) => name.endsWith("/loss")) ?? names[0] ?? null;
 }
 
 /** At most `max` pairs, evenly spaced, always keeping the first and the last. */
@@ -82,21 +99,37 @@ export function downsample(pairs, max) {
  * The chart of `[step, value]` pairs in a `width` x `height` box with `pad` around the plot:
  * the polyline's points attribute and the ranges its axes are labelled with.
  */
-export function chartGeometry(pairs, { width, height, pad = 0, maxPoints = 2000 }) {
+export function chartGeometry(pairs, { width, height, pad = 0, maxPoints = 2000, domain = null }) {
   if (pairs.length === 0) return null;
   const shown = downsample(pairs, maxPoints);
-  const steps = shown.map(([step]) => step);
-  const values = shown.map(([, value]) => value);
-  const firstStep = steps[0];
-  const lastStep = steps[steps.length - 1];
-  const min = Math.min(...values);
-  const max = Math.max(...values);
+  // Several series in one chart share a domain (`domainOf`), so equal steps line up.
+  const { firstStep, lastStep, min, max } = domain ?? domainOf([shown]);
   const plotW = width - 2 * pad;
   const plotH = height - 2 * pad;
   const x = (step) => pad + (lastStep === firstStep ? plotW / 2 : ((step - firstStep) / (lastStep - firstStep)) * plotW);
   const y = (value) => pad + (max === min ? plotH / 2 : ((max - value) / (max - min)) * plotH);
   const points = shown.map(([step, value]) => `${round2(x(step))},${round2(y(value))}`).join(" ");
   return { points, count: shown.length, firstStep, lastStep, min, max };
+}
+
+/**
+ * The step and value ranges that hold every `[step, value]` pair of every series; null when
+ * there is no pair at all.
+ */
+export function domainOf(seriesList) {
+  let firstStep = Infinity;
+  let lastStep = -Infinity;
+  let min = Infinity;
+  let max = -Infinity;
+  for (const pairs of seriesList) {
+    for (const [step, value] of pairs) {
+      if (step < firstStep) firstStep = step;
+      if (step > lastStep) lastStep = step;
+      if (value < min) min = value;
+      if (value > max) max = value;
+    }
+  }
+  return firstStep === Infinity ? null : { firstStep, lastStep, min, max };
 }
 
 function round2(value) {

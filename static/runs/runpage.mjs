@@ -6,6 +6,7 @@ import {
   Series,
   asPoint,
   chartGeometry,
+  defaultSeries,
   formatValue,
   normalizeMetrics,
   progressOf,
@@ -84,6 +85,8 @@ function setupTabs() {
 
 const cancelForm = page.querySelector("form[data-cancel]");
 const cancelDialog = byTestId("cancel-dialog");
+// Shown instead of the form to a user who may not cancel this run, with the reason.
+const cancelRefused = page.querySelector("[data-cancel-refused]");
 
 function setupCancel() {
   // Without <dialog> support the form goes to the confirmation page instead.
@@ -100,6 +103,7 @@ function setupCancel() {
 function hideCancel() {
   if (cancelDialog?.open) cancelDialog.close();
   if (cancelForm) cancelForm.hidden = true;
+  if (cancelRefused) cancelRefused.hidden = true;
 }
 
 // -- panels ---------------------------------------------------------------------------------------
@@ -247,21 +251,50 @@ function showState(state) {
   reconnectButton.hidden = state === "closed";
 }
 
-// -- progress and loss ----------------------------------------------------------------------------
+// -- progress and the chart ------------------------------------------------------------------------
 
 const series = new Series();
 const progress = byTestId("progress");
 const progressText = byTestId("progress-text");
 const chartLine = byTestId("loss-line");
 const chartSummary = byTestId("loss-summary");
+const chartTitle = byTestId("chart-title");
+const picker = byTestId("series-picker");
+const pickerRow = byTestId("series-choice");
 const tick = (name) => page.querySelector(`[data-tick="${name}"]`);
 let drawPending = false;
+// The series the user picked; until then the default (loss) is shown.
+let picked = null;
+let listed = "";
 
 function addPoints(points) {
   if (!series.addAll(points) || drawPending) return;
   drawPending = true;
   requestAnimationFrame(draw);
 }
+
+/** The picker lists every recorded series; rebuilt only when a new name appears. */
+function showChoices(names, current) {
+  const key = names.join("\n");
+  if (key !== listed) {
+    listed = key;
+    picker.replaceChildren(
+      ...names.map((name) => {
+        const option = document.createElement("option");
+        option.value = name;
+        option.textContent = name;
+        return option;
+      }),
+    );
+    pickerRow.hidden = names.length === 0;
+  }
+  if (current !== null) picker.value = current;
+}
+
+picker.addEventListener("change", () => {
+  picked = picker.value;
+  draw();
+});
 
 function draw() {
   drawPending = false;
@@ -278,21 +311,33 @@ function draw() {
     }
   }
   showLatest();
-  const losses = series.values("loss");
-  const chart = chartGeometry(losses, CHART);
-  if (chart === null) return;
+  const names = series.names();
+  const name = picked !== null && names.includes(picked) ? picked : defaultSeries(names);
+  showChoices(names, name);
+  if (name === null) return;
+  chartLine.dataset.series = name;
+  chartTitle.textContent = `${name} by step`;
+  const pairs = series.values(name);
+  const chart = chartGeometry(pairs, CHART);
+  if (chart === null) {
+    chartLine.setAttribute("points", "");
+    chartLine.dataset.count = "0";
+    chartSummary.textContent = `No finite ${name} value reported yet.`;
+    return;
+  }
   chartLine.setAttribute("points", chart.points);
   chartLine.dataset.count = String(chart.count);
   tick("max").textContent = formatValue(chart.max);
   tick("min").textContent = formatValue(chart.min);
   tick("first").textContent = `step ${chart.firstStep}`;
   tick("last").textContent = `step ${chart.lastStep}`;
-  const [firstStep, firstLoss] = losses[0];
-  const [lastStep, lastLoss] = losses[losses.length - 1];
+  const [firstStep, firstValue] = pairs[0];
+  const [lastStep, lastValue] = pairs[pairs.length - 1];
+  const label = name === "loss" ? "Loss" : name;
   chartSummary.textContent =
-    losses.length === 1
-      ? `Loss ${formatValue(lastLoss)} at step ${lastStep}.`
-      : `Loss ${formatValue(firstLoss)} at step ${firstStep}, ${formatValue(lastLoss)} at step ${lastStep}.`;
+    pairs.length === 1
+      ? `${label} ${formatValue(lastValue)} at step ${lastStep}.`
+      : `${label} ${formatValue(firstValue)} at step ${firstStep}, ${formatValue(lastValue)} at step ${lastStep}.`;
 }
 
 const metricsUrl = `${config.apiBase}/runs/${config.runId}/metrics`;
@@ -326,25 +371,32 @@ async function loadMetrics(sinceStep = null) {
     if (response.ok) {
       const body = await response.json();
       addPoints(normalizeMetrics(body));
-      return body.last_step ?? sinceStep ?? 0;
+      return body.last_step ?? sinceStep;
     }
   } catch {
     // The chart still fills from the stream's metric events.
   }
-  return sinceStep ?? 0;
+  return sinceStep;
 }
 
 /** While the stream is down, the chart keeps up by polling, like the status does. */
 function pollMetrics(state) {
   const down = state === "reconnecting" || state === "unavailable";
   if (down && metricsPoll === null) {
-    metricsPoll = setInterval(() => loadMetrics(series.lastStep ?? 0), live.pollMs);
+    metricsPoll = setInterval(() => loadMetrics(series.lastStep), live.pollMs);
   } else if (!down && metricsPoll !== null) {
     clearInterval(metricsPoll);
     metricsPoll = null;
   }
   // A stream that ended by polling delivered no final metrics: fetch what is left.
-  if (state === "closed") loadMetrics(series.lastStep ?? 0);
+  if (state === "closed") loadMetrics(series.lastStep);
+}
+
+// Steps start at 0 (GRPO logs its first rewards there), so "no step yet" is null, never 0. A
+// stream opened before any step asks for the steps recorded after it connected; the whole series
+// is read once more when it is live, for a step recorded in between.
+function catchUp(state) {
+  if (state === "live" && series.lastStep === null) loadMetrics();
 }
 
 function onMetric(data) {
@@ -370,6 +422,7 @@ const live = new LiveLog({
   onState: (state) => {
     showState(state);
     pollMetrics(state);
+    catchUp(state);
   },
   onMetric,
   onTruncated: () => {
