@@ -1,13 +1,13 @@
 """Minimal ASGI apps that stream a large body, for daphne in tests/artifacts/test_backpressure.py.
 
 `plain` shows what daphne does on its own; `wrapped` is the same app behind
-`artifacts.backpressure.with_backpressure`. Both reuse one chunk object, so any growth of the
+`tunixops.api.flow.with_backpressure`. Both reuse one chunk object, so any growth of the
 server process is bytes queued for the client.
 """
 
 from typing import Any
 
-from artifacts.backpressure import Message, Receive, Scope, Send, with_backpressure
+from tunixops.api.flow import Message, Receive, Scope, Send, with_backpressure
 
 BODY_BYTES = 256 * 1024 * 1024
 CHUNK = b"t" * (256 * 1024)

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from runs.models import Run
@@ -62,8 +61,6 @@ def daphne(
     django_db_setup: Any, live_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Daphne]:
     """A real daphne serving tunixops.asgi against the test database, for the whole module."""
-    if connection.vendor != "postgresql":
-        pytest.skip("the daphne subprocess shares the test database, which SQLite keeps in memory")
     server = Daphne(env=daphne_env(live_root), workdir=tmp_path_factory.mktemp("daphne"))
     with server:
         yield server

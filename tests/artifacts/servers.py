@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.tls_selfsigned import write_selfsigned
+
 REPO = Path(__file__).resolve().parents[2]
 NGINX_CONF = REPO / "deploy" / "nginx.conf"
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -119,18 +121,25 @@ class Daphne:
 def render_nginx_conf(
     *,
     listen_port: int,
+    tls_port: int,
     upstream: str,
     artifact_root: Path,
     workdir: Path,
     direct_root: Path | None = None,
 ) -> str:
-    """deploy/nginx.conf with this machine's ports and paths in place of the compose ones.
+    """deploy/nginx.conf with this machine's ports and paths in place of the compose ones, and a
+    self-signed certificate made by deploy/tls_selfsigned.py, as compose's `tls` service does.
 
     Every substitution must hit exactly once, so the test keeps exercising the file as shipped.
     """
     text = NGINX_CONF.read_text()
+    tls_dir = workdir / "tls"
+    write_selfsigned(tls_dir, ["127.0.0.1", "localhost"])
     replacements = [
         (r"listen 80;", f"listen 127.0.0.1:{listen_port};"),
+        (r"listen 443 ssl;", f"listen 127.0.0.1:{tls_port} ssl;"),
+        (r"/etc/nginx/tls/fullchain\.pem", f"{tls_dir}/fullchain.pem"),
+        (r"/etc/nginx/tls/privkey\.pem", f"{tls_dir}/privkey.pem"),
         (r"server web:8000;", f"server {upstream};"),
         (r"alias /var/lib/tunixops/artifacts/;", f"alias {artifact_root}/;"),
         (r"pid /run/nginx\.pid;", f"pid {workdir}/nginx.pid;"),
@@ -172,11 +181,18 @@ class Nginx:
     workdir: Path
     direct_root: Path | None = None
     port: int = 0
+    tls_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    # More daphne processes behind the same upstream, as compose's replicas.
+    more_upstream_ports: tuple[int, ...] = ()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
 
     def start(self) -> "Nginx":
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -184,11 +200,15 @@ class Nginx:
             self.port = free_port()
             if self.direct_root is None or _port_free(direct_root_port(self.port)):
                 break
+        self.tls_port = free_port()
         conf = self.workdir / "nginx.conf"
         conf.write_text(
             render_nginx_conf(
                 listen_port=self.port,
-                upstream=f"127.0.0.1:{self.upstream_port}",
+                tls_port=self.tls_port,
+                upstream=";\n        server ".join(
+                    f"127.0.0.1:{port}" for port in (self.upstream_port, *self.more_upstream_ports)
+                ),
                 artifact_root=self.artifact_root,
                 workdir=self.workdir,
                 direct_root=self.direct_root,

@@ -53,7 +53,9 @@ def test_the_list_shows_ids_names_sizes_and_hashes_and_no_path(
 ) -> None:
     response = api.get(f"/api/tunix/runs/{run.pk}/artifacts")
     assert response.status_code == 200
-    listing = response.json()
+    page = response.json()
+    assert (page["count"], page["next"], page["previous"]) == (3, None, None)
+    listing = page["results"]
     assert [a["name"] for a in listing] == [
         "checkpoints/10/commit_success.txt",
         "checkpoints/10/model_params/d/abc",
@@ -69,6 +71,31 @@ def test_the_list_shows_ids_names_sizes_and_hashes_and_no_path(
     }
     assert listing[2]["step"] is None
     assert str(artifact_root) not in response.content.decode()
+
+
+def test_the_list_comes_in_pages_that_together_hold_every_file_once(
+    api: APIClient, make_run: Any, put_file: PutFile
+) -> None:
+    run = make_run()
+    for n in range(230):
+        put_file(run, f"shards/{n:04d}.bin", b"x")
+    artifacts_sync(run_id=run.pk)
+    names: list[str] = []
+    url: str | None = f"/api/tunix/runs/{run.pk}/artifacts?page_size=100"
+    pages = 0
+    while url:
+        page = api.get(url).json()
+        assert page["count"] == 230 and len(page["results"]) <= 100
+        names += [a["name"] for a in page["results"]]
+        url, pages = page["next"], pages + 1
+    assert pages == 3
+    assert names == [f"shards/{n:04d}.bin" for n in range(230)]
+    default = api.get(f"/api/tunix/runs/{run.pk}/artifacts").json()
+    assert len(default["results"]) == 50
+    assert api.get(f"/api/tunix/runs/{run.pk}/artifacts?page=99").status_code == 404
+    assert (
+        len(api.get(f"/api/tunix/runs/{run.pk}/artifacts?page_size=5000").json()["results"]) == 100
+    )
 
 
 def test_listing_an_unknown_or_malformed_run_is_404(api: APIClient) -> None:
@@ -185,6 +212,27 @@ def test_a_matching_if_none_match_is_304(api: APIClient, weights: Artifact) -> N
     assert response.status_code == 304
     assert body(response) == b""
     assert api.get(url(weights), HTTP_IF_NONE_MATCH='"other"').status_code == 200
+
+
+def test_if_modified_since_the_files_date_is_304(api: APIClient, weights: Artifact) -> None:
+    last_modified = api.get(url(weights))["Last-Modified"]
+    unchanged = api.get(url(weights), HTTP_IF_MODIFIED_SINCE=last_modified)
+    assert unchanged.status_code == 304
+    assert unchanged["ETag"] == f'"{weights.sha256}"'
+    older = api.get(url(weights), HTTP_IF_MODIFIED_SINCE="Mon, 01 Jan 1990 00:00:00 GMT")
+    assert older.status_code == 200
+
+
+def test_if_match_and_if_unmodified_since_refuse_another_version_with_412(
+    api: APIClient, weights: Artifact
+) -> None:
+    assert api.get(url(weights), HTTP_IF_MATCH=f'"{weights.sha256}"').status_code == 200
+    for response in (
+        api.get(url(weights), HTTP_IF_MATCH='"an-older-sha256"'),
+        api.get(url(weights), HTTP_IF_UNMODIFIED_SINCE="Mon, 01 Jan 1990 00:00:00 GMT"),
+    ):
+        assert response.status_code == 412
+        assert response.json()["error"]["code"] == "precondition_failed"
 
 
 def test_head_sends_the_headers_only(api: APIClient, weights: Artifact) -> None:

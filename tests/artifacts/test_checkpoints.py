@@ -68,6 +68,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_steps_register_while_training_and_pruned_ones_leave(
     make_run: Any, artifact_root: Path
 ) -> None:
@@ -111,6 +112,7 @@ def live_run(trained: Path, make_run: Any, on_live_root: Path) -> Iterator[Run]:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_a_downloaded_step_zip_restores_with_orbax(
     live_run: Run, daphne: Daphne, token: str, tmp_path: Path, on_live_root: Path
 ) -> None:

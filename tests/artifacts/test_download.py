@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 MIB = 1024 * 1024
 UNWIRED = (
-    "; is the Django route in tunixops/asgi.py wrapped in artifacts.backpressure.with_backpressure?"
+    "; is the Django route in tunixops/asgi.py wrapped in tunixops.api.flow.with_backpressure?"
 )
 
 
@@ -223,3 +223,62 @@ def test_the_step_zip_streams_with_bounded_memory(
     assert growth_mib < 24, (
         f"daphne grew by {growth_mib:.0f} MiB zipping for a slow client" + UNWIRED
     )
+
+
+def test_a_file_rewritten_with_the_same_size_and_old_mtime_is_refused_until_rehashed(
+    daphne: Daphne, run: Run, put_file: PutFile, token: str
+) -> None:
+    path = put_file(run, "checkpoints/weights.bin", b"A" * 4096)
+    artifacts_sync(run_id=run.pk)
+    artifact = Artifact.objects.get(run=run)
+    old_etag = f'"{artifact.sha256}"'
+    first = fetch(download_url(daphne, artifact), token)
+    assert first.status_code == 200 and first.headers["etag"] == old_etag
+
+    # Other bytes, the same size, the old modification time set back: only inode/ctime differ.
+    before = path.stat()
+    path.write_bytes(b"B" * 4096)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    stale = fetch(download_url(daphne, artifact), token)
+    assert stale.status_code == 409
+    assert stale.json()["error"]["code"] == "artifact_changed"
+    assert b"B" * 64 not in stale.content and old_etag not in stale.headers.get("etag", "")
+    # A cached copy is not confirmed either: no 304 for the old tag.
+    assert (
+        fetch(download_url(daphne, artifact), token, {"If-None-Match": old_etag}).status_code == 409
+    )
+
+    artifacts_sync(run_id=run.pk)
+    artifact.refresh_from_db()
+    fresh = fetch(download_url(daphne, artifact), token, {"If-None-Match": old_etag})
+    assert fresh.status_code == 200
+    assert fresh.content == b"B" * 4096
+    assert fresh.headers["etag"] == f'"{hashlib.sha256(b"B" * 4096).hexdigest()}"' != old_etag
+
+
+def test_a_hard_link_is_never_listed_nor_served(
+    daphne: Daphne, run: Run, put_file: PutFile, token: str, live_root: Path
+) -> None:
+    # A file the child could not read by name but the web process can (here: another run's).
+    other = live_root / "other-run" / "secret.bin"
+    other.parent.mkdir(exist_ok=True)
+    other.write_bytes(b"not yours " * 100)
+    put_file(run, "plain.txt", b"mine")
+    os.link(other, live_root / str(run.pk) / "stolen.bin")
+    artifacts_sync(run_id=run.pk)
+    listing = httpx.get(
+        f"{daphne.base_url}/api/tunix/runs/{run.pk}/artifacts",
+        headers={"Authorization": f"Token {token}"},
+        timeout=30,
+    ).json()
+    assert [a["name"] for a in listing["results"]] == ["plain.txt"]
+
+    # Registered as a plain file, then swapped for a hard link under the same name: not served.
+    path = put_file(run, "weights.bin", b"W" * 1000)
+    artifacts_sync(run_id=run.pk)
+    artifact = Artifact.objects.get(run=run, name="weights.bin")
+    path.unlink()
+    os.link(other, path)
+    response = fetch(download_url(daphne, artifact), token)
+    assert response.status_code == 404
+    assert b"not yours" not in response.content

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from django.db import connection
 
 from artifacts.models import Artifact
 from artifacts.services import artifacts_sync
@@ -32,8 +31,6 @@ def proxied(
     django_db_setup: Any, live_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Nginx]:
     """nginx on a spare loopback port in front of daphne with TUNIX_DOWNLOAD_BACKEND=nginx."""
-    if connection.vendor != "postgresql":
-        pytest.skip("the daphne subprocess shares the test database, which SQLite keeps in memory")
     env = daphne_env(live_root, TUNIX_DOWNLOAD_BACKEND="nginx")
     with Daphne(env=env, workdir=tmp_path_factory.mktemp("daphne")) as web:
         proxy = Nginx(
@@ -189,3 +186,17 @@ def test_live_logs_pass_through_nginx_as_they_are_written(
             )
             assert next(c for c in chunks if c is not None) == f"line {i}\n"
             assert time.monotonic() - written < 2
+
+
+def test_nginx_never_sends_a_file_changed_since_it_was_hashed(
+    proxied: Nginx, weights: tuple[Artifact, bytes], token: str, on_live_root: Path
+) -> None:
+    artifact, data = weights
+    path = on_live_root / str(artifact.run_id) / artifact.name
+    before = path.stat()
+    path.write_bytes(bytes(reversed(data)))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    response = get(proxied, artifact, token)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "artifact_changed"
+    assert "x-accel-redirect" not in response.headers

@@ -59,6 +59,25 @@ def test_files_of_a_committed_step_carry_its_number(make_run: Any, put_file: Put
     }
 
 
+def test_a_forks_copy_of_its_parents_step_is_input_not_a_step_of_its_own(
+    make_run: Any, put_file: PutFile
+) -> None:
+    run = make_run()
+    commit_step(put_file, run, 20, root="parent/checkpoints")
+    commit_step(put_file, run, 3, root="checkpoints/actor")
+
+    artifacts_sync(run_id=run.pk)
+
+    steps = {name: step for name, (_, _, step) in registry(run).items()}
+    assert {n for n, step in steps.items() if step is None} == {
+        "parent/checkpoints/20/_CHECKPOINT_METADATA",
+        "parent/checkpoints/20/commit_success.txt",
+        "parent/checkpoints/20/model_params/_METADATA",
+        "parent/checkpoints/20/model_params/d/0a1b2c",
+    }
+    assert set(steps.values()) == {None, 3}
+
+
 def test_it_skips_in_flight_and_uncommitted_steps(make_run: Any, put_file: PutFile) -> None:
     run = make_run()
     commit_step(put_file, run, 10)
@@ -123,7 +142,14 @@ def test_a_second_sync_with_nothing_new_changes_nothing(
     assert list(Artifact.objects.filter(run=run).values("pk", "updated_at", "sha256")) == before
 
 
-def test_it_does_not_rehash_a_file_whose_size_and_mtime_are_unchanged(
+def test_it_does_not_rehash_a_file_that_was_not_touched(make_run: Any, put_file: PutFile) -> None:
+    run = make_run()
+    put_file(run, "weights.bin", b"A" * 100)
+    artifacts_sync(run_id=run.pk)
+    assert artifacts_sync(run_id=run.pk) == SyncResult(unchanged=1)
+
+
+def test_a_file_rewritten_with_the_same_size_and_its_old_mtime_is_hashed_again(
     make_run: Any, put_file: PutFile
 ) -> None:
     run = make_run()
@@ -131,11 +157,53 @@ def test_it_does_not_rehash_a_file_whose_size_and_mtime_are_unchanged(
     artifacts_sync(run_id=run.pk)
     stat = path.stat()
 
-    # Same size, same mtime: a sync trusts the row and does not read the file again.
+    # Same size, mtime set back: only the ctime (which no one can set back) says it changed.
     path.write_bytes(b"B" * 100)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert artifacts_sync(run_id=run.pk) == SyncResult(unchanged=1)
-    assert registry(run)["weights.bin"][1] == hashlib.sha256(b"A" * 100).hexdigest()
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert artifacts_sync(run_id=run.pk) == SyncResult(updated=1)
+    assert registry(run)["weights.bin"][1] == hashlib.sha256(b"B" * 100).hexdigest()
+
+
+def test_a_file_replaced_by_another_of_the_same_size_and_mtime_is_hashed_again(
+    make_run: Any, put_file: PutFile, artifact_root: Path
+) -> None:
+    run = make_run()
+    path = put_file(run, "weights.bin", b"A" * 100)
+    artifacts_sync(run_id=run.pk)
+    stat = path.stat()
+
+    other = artifact_root / "elsewhere.bin"
+    other.write_bytes(b"C" * 100)
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(other, path)  # a new inode under the old name
+    assert artifacts_sync(run_id=run.pk) == SyncResult(updated=1)
+    row = Artifact.objects.get(run=run)
+    assert (row.inode, row.sha256) == (path.stat().st_ino, hashlib.sha256(b"C" * 100).hexdigest())
+
+
+def test_a_hard_linked_file_is_never_registered(
+    make_run: Any, put_file: PutFile, artifact_root: Path
+) -> None:
+    run = make_run()
+    secret = artifact_root / "not-this-runs.bin"
+    secret.write_bytes(b"secret" * 100)
+    put_file(run, "plain.bin", b"mine")
+    target = artifact_root / str(run.pk) / "stolen.bin"
+    os.link(secret, target)
+    assert artifacts_sync(run_id=run.pk) == SyncResult(added=1)
+    assert set(registry(run)) == {"plain.bin"}
+
+
+def test_a_registered_file_that_becomes_a_hard_link_leaves_the_registry(
+    make_run: Any, put_file: PutFile, artifact_root: Path
+) -> None:
+    run = make_run()
+    path = put_file(run, "weights.bin", b"A" * 100)
+    artifacts_sync(run_id=run.pk)
+    os.link(path, artifact_root / "copy-outside.bin")
+    assert artifacts_sync(run_id=run.pk) == SyncResult(removed=1)
+    assert registry(run) == {}
 
 
 def test_a_changed_file_is_hashed_again(make_run: Any, put_file: PutFile) -> None:
@@ -265,3 +333,31 @@ def test_a_deleted_run_syncs_to_nothing(make_run: Any, put_file: PutFile) -> Non
 
     assert artifacts_sync(run_id=run_id) == SyncResult()
     assert not Artifact.objects.filter(run_id=run_id).exists()
+
+
+def test_the_sync_command_rehashes_a_finished_runs_touched_files(
+    make_run: Any, put_file: PutFile
+) -> None:
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    run = make_run(status="completed")
+    path = put_file(run, "weights.bin", b"A" * 10)
+    put_file(run, "config.json", b"{}")
+    artifacts_sync(run_id=run.pk)
+    before = path.stat()
+    path.write_bytes(b"B" * 10)  # restored from a backup, say: other inode/ctime
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    out = StringIO()
+    call_command("tunix_artifacts_sync", str(run.pk), stdout=out)
+    assert out.getvalue().strip() == f"{run.pk}: 0 added, 1 re-hashed, 0 removed, 1 unchanged"
+    assert registry(run)["weights.bin"][1] == hashlib.sha256(b"B" * 10).hexdigest()
+
+    out = StringIO()
+    call_command("tunix_artifacts_sync", "--all", stdout=out)
+    assert "0 re-hashed" in out.getvalue()
+    with pytest.raises(CommandError, match="No such run"):
+        call_command("tunix_artifacts_sync", "5f0b8a4e-0000-4000-8000-000000000000")
+    with pytest.raises(CommandError, match="Give run ids or --all"):
+        call_command("tunix_artifacts_sync")

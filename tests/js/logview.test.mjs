@@ -388,6 +388,23 @@ describe("LiveLog", () => {
     await settle();
   });
 
+  test("a stream opened before any step counts the first step it sends, even step 0", async () => {
+    const view = screen();
+    const { log } = liveLog(fakeFetch({ [SNAPSHOT]: snapshot([], 9) }), view);
+    await log.start();
+    const first = FakeEventSource.last;
+    assert.equal(first.url, `${API}/runs/${RUN}/logs?since_seq=9`);
+    first.open();
+    first.send("metric", { step: 0, values: { "rewards/mean": 0 } });
+    assert.deepEqual(
+      view.metrics.map((m) => m.step),
+      [0],
+    );
+    log.reconnect();
+    assert.equal(FakeEventSource.last.url, streamUrl(API, RUN, 9, 0));
+    await settle();
+  });
+
   test("without a step to start from, the stream is not asked for metrics", () => {
     assert.equal(streamUrl(API, RUN, 3), `${API}/runs/${RUN}/logs?since_seq=3`);
     assert.equal(streamUrl(API, RUN, 3, 0), `${API}/runs/${RUN}/logs?since_seq=3&since_step=0`);

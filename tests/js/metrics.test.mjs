@@ -5,6 +5,8 @@ import {
   Series,
   asPoint,
   chartGeometry,
+  defaultSeries,
+  domainOf,
   downsample,
   formatValue,
   normalizeMetrics,
@@ -145,6 +147,51 @@ describe("chart geometry", () => {
   });
 });
 
+describe("several series in one chart", () => {
+  test("the domain holds every step and value of every series", () => {
+    const a = [
+      [1, 4],
+      [5, 2],
+    ];
+    const b = [
+      [3, 9],
+      [9, 1],
+    ];
+    assert.deepEqual(domainOf([a, b]), { firstStep: 1, lastStep: 9, min: 1, max: 9 });
+    assert.deepEqual(domainOf([a, []]), { firstStep: 1, lastStep: 5, min: 2, max: 4 });
+    assert.equal(domainOf([]), null);
+    assert.equal(domainOf([[], []]), null);
+  });
+
+  test("series drawn on a shared domain line up by step", () => {
+    const box = { width: 80, height: 40 };
+    const short = [
+      [0, 10],
+      [5, 5],
+    ];
+    const long = [
+      [0, 10],
+      [10, 0],
+    ];
+    const domain = domainOf([short, long]);
+    // Step 5 is half way across for both; value 5 is half way down.
+    assert.equal(chartGeometry(short, { ...box, domain }).points, "0,0 40,20");
+    assert.equal(chartGeometry(long, { ...box, domain }).points, "0,0 80,40");
+    // On its own the short series would fill the whole width.
+    assert.equal(chartGeometry(short, box).points, "0,0 80,40");
+  });
+
+  test("a shared domain is reported as the chart's ranges", () => {
+    const domain = { firstStep: 0, lastStep: 100, min: -1, max: 3 };
+    const chart = chartGeometry([[50, 1]], { width: 10, height: 10, domain });
+    assert.deepEqual(
+      { first: chart.firstStep, last: chart.lastStep, min: chart.min, max: chart.max },
+      { first: 0, last: 100, min: -1, max: 3 },
+    );
+    assert.equal(chart.points, "5,5");
+  });
+});
+
 describe("progress", () => {
   test("progress is the step over the budget, clamped to [0, 1]", () => {
     assert.equal(progressOf(5, 20), 0.25);
@@ -160,5 +207,41 @@ describe("progress", () => {
     assert.equal(formatValue(0.00001234), "1.23e-5");
     assert.equal(formatValue(null), "–");
     assert.equal(formatValue(0), "0");
+  });
+});
+
+describe("choosing a series", () => {
+  test("the series knows every name it was given, sorted, whatever the step order", () => {
+    const series = new Series();
+    series.addAll([
+      { step: 2, "actor/loss": 0.1, "rewards/mean": 0 },
+      { step: 1, "actor/kl": 0.01 },
+      { step: 2, "completions/mean_length": 15 },
+    ]);
+    assert.deepEqual(series.names(), [
+      "actor/kl",
+      "actor/loss",
+      "completions/mean_length",
+      "rewards/mean",
+    ]);
+    assert.deepEqual(series.values("actor/kl"), [[1, 0.01]]);
+    assert.deepEqual(series.values("rewards/mean"), [[2, 0]]);
+  });
+
+  test("loss is shown by default, else a part's loss, else the first name", () => {
+    assert.equal(defaultSeries(["grad_norm", "loss", "perplexity"]), "loss");
+    assert.equal(defaultSeries(["actor/kl", "actor/loss", "rewards/mean"]), "actor/loss");
+    assert.equal(defaultSeries(["accuracy", "reward"]), "accuracy");
+    assert.equal(defaultSeries([]), null);
+  });
+
+  test("a series whose values are all non-finite has no chart", () => {
+    const series = new Series();
+    series.addAll([
+      { step: 1, "actor/kl": null },
+      { step: 2, "actor/kl": null },
+    ]);
+    assert.deepEqual(series.names(), ["actor/kl"]);
+    assert.equal(chartGeometry(series.values("actor/kl"), { width: 10, height: 10 }), null);
   });
 });

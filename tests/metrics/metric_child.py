@@ -4,7 +4,7 @@ Reads the run's config.json (first argument). For each step 1..`steps` it prints
 line and a `tunixops.metric` line; with `split` each metric line goes out in three writes with
 pauses between, so the worker reads it in pieces. Then it reprints steps `resume_from`..`steps`
 with new losses (what a resumed attempt does), prints `pad` bytes of filler per step, and exits
-with `exit_code`.
+with `exit_code`. Losses are `scale * 4 / step`, so runs with different scales draw apart.
 """
 
 import json
@@ -40,13 +40,15 @@ def main() -> int:
     split = config.get("split", False)
     pause = config.get("pause", 0.0)
     pad = "p" * config.get("pad", 0)
+    scale = config.get("scale", 1.0)
     for step in range(1, steps + 1):
-        sys.stdout.write(f"step {step} loss {4.0 / step:.4f}{' ' + pad if pad else ''}\n")
-        extra = {"learning_rate": 0.001, "perplexity": math.exp(4.0 / step)}
+        loss = scale * 4.0 / step
+        sys.stdout.write(f"step {step} loss {loss:.4f}{' ' + pad if pad else ''}\n")
+        extra = {"learning_rate": 0.001, "perplexity": math.exp(loss)}
         if step == config.get("nan_step"):
             # What a diverged run prints: Python's json writes the non-standard NaN literal.
             extra["grad_norm"] = math.nan
-        emit(metric_line(step, 4.0 / step, **extra), split=split)
+        emit(metric_line(step, loss, **extra), split=split)
         if pause:
             sys.stdout.flush()
             time.sleep(pause)

@@ -2,7 +2,7 @@
 
 import json
 
-from runs.training_metrics import (
+from runs.entrypoints.protocol import (
     MAX_LINE_CHARS,
     MetricLineReader,
     MetricPoint,

@@ -5,12 +5,17 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.recorder import MigrationRecorder
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from runs.models import WorkerHeartbeat
-from runs.worker import FORGET_WORKER_SECONDS, Worker
+from runs.execution.worker import Worker
+from runs.models import FORGET_WORKER_SECONDS, WorkerHeartbeat
 from tests.runs.helpers import wait_for
+from tunixops import views
 
 
 def ready(client: APIClient) -> dict[str, Any]:
@@ -67,13 +72,34 @@ def test_a_dead_workers_row_is_forgotten_after_a_day() -> None:
 
 
 @pytest.mark.django_db
-def test_an_unapplied_migration_makes_it_unready(anon: APIClient) -> None:
-    from django.db import connection
-    from django.db.migrations.recorder import MigrationRecorder
-
-    MigrationRecorder(connection).migration_qs.filter(
-        app="runs", name="0002_metrics_and_worker_heartbeats"
-    ).delete()
+def test_an_unapplied_migration_makes_it_unready(anon: APIClient, monkeypatch: Any) -> None:
+    monkeypatch.setattr(views, "_migrated", False)
+    (leaf,) = [n for n in MigrationLoader(connection).graph.leaf_nodes() if n[0] == "runs"]
+    MigrationRecorder(connection).migration_qs.filter(app="runs", name=leaf[1]).delete()
     response = anon.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "database": "ok", "unapplied_migrations": 1}
+
+
+@pytest.mark.django_db
+def test_once_everything_was_applied_the_migration_graph_is_not_read_again(
+    anon: APIClient, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(views, "_migrated", False)
+    assert ready(anon)["status"] == "ok"
+    with CaptureQueriesContext(connection) as queries:
+        assert ready(anon)["status"] == "ok"
+    assert not any("django_migrations" in q["sql"] for q in queries.captured_queries)
+    assert len(queries.captured_queries) <= 2
+
+
+@pytest.mark.django_db
+def test_a_stuck_worker_is_not_counted_ready_and_is_exported(anon: APIClient) -> None:
+    beat_row("healthy", 1)
+    WorkerHeartbeat.objects.filter(pk=beat_row("wedged", 1).pk).update(
+        stuck_reason="run x: log write failing for 90 s: boom", stuck_since=timezone.now()
+    )
+    assert ready(anon) == {"status": "ok", "database": "ok", "workers": 1, "workers_stuck": 1}
+    body = anon.get("/metrics").content.decode()
+    assert 'tunix_worker_stuck{worker="wedged"} 1.0' in body
+    assert 'tunix_worker_stuck{worker="healthy"} 0.0' in body

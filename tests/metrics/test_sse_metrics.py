@@ -85,3 +85,30 @@ def test_a_live_stream_carries_each_new_step_and_counts_as_open(
     order = [e for e in received if e.event in ("log", "metric")]
     first_metric = next(i for i, e in enumerate(order) if e.event == "metric")
     assert any('"step": 1, ' in e.json()["chunk"] for e in order[:first_metric] if e.event == "log")
+
+
+def test_metrics_read_from_event_files_reach_an_open_stream_between_log_lines(
+    server: Server, token: str, make_run: Any
+) -> None:
+    from runs.live import notify
+    from runs.services import run_metrics_merge_tensorboard
+    from runs.state_machine import transition
+
+    run = make_run(RunStatus.RUNNING)
+    with (
+        httpx.Client(timeout=10) as client,
+        client.stream("GET", stream_url(server.url, run.pk), headers=auth(token)) as response,
+    ):
+        events = parse_events(response.iter_lines())
+        assert next(events).event == "status"
+        # A chatty child: log lines keep coming, none of them a metric line.
+        LogChunk.objects.create(run=run, seq=1, stream="stderr", chunk="I1202 absl noise\n")
+        notify.logs_appended(run.pk, 1)
+        assert next(events).event == "log"
+        run_metrics_merge_tensorboard(run_id=run.pk, steps={0: {"rewards/mean": 0.5}})
+        metric = next(events)
+        assert metric.event == "metric"
+        assert metric.json() == {"step": 0, "values": {"rewards/mean": 0.5}}
+        transition(run.pk, RunStatus.COMPLETED)
+        rest = list(events)
+    assert [e.event for e in rest] == ["status"]

@@ -7,10 +7,9 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from runs.execution.worker import Worker
 from runs.models import Run, RunMetric, RunStatus
 from runs.services import run_enqueue
-from runs.worker import Worker
-from tests.conftest import needs_postgres
 from tests.runs.helpers import log_text
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("metric_recipes")]
@@ -57,7 +56,7 @@ def test_metrics_are_kept_after_the_log_is_truncated(alice: Any, settings: Any) 
     assert sorted(stored(run)) == list(range(1, 301))
 
 
-@needs_postgres()
+@pytest.mark.postgres
 def test_metric_rows_are_written_in_the_log_batches_not_one_commit_per_line(alice: Any) -> None:
     run = run_metric_child(alice, steps=3000)
     assert len(stored(run)) == 3000
@@ -91,6 +90,7 @@ def test_the_api_serves_the_series_of_a_real_run(alice: Any, api: APIClient) -> 
 
 
 @pytest.mark.tunix
+@pytest.mark.slow
 def test_a_tiny_sft_run_records_its_loss_curve(alice: Any, api: APIClient) -> None:
     pytest.importorskip("tunix", reason="needs the Tunix runtime (requirements-tunix.txt)")
     run = run_enqueue(

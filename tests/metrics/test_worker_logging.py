@@ -66,7 +66,7 @@ def test_plain_is_the_default(alice: Any, process_env: dict[str, str]) -> None:
 def test_an_unknown_log_format_is_refused(process_env: dict[str, str]) -> None:
     done = run_worker({**process_env, "TUNIX_LOG_FORMAT": "xml"})
     assert done.returncode != 0
-    assert "TUNIX_LOG_FORMAT must be plain or json" in done.stderr
+    assert "TUNIX_LOG_FORMAT='xml': must be one of plain, json" in done.stderr
     bad_flag = run_worker(process_env, "--log-format", "xml")
     assert bad_flag.returncode != 0 and "invalid choice: 'xml'" in bad_flag.stderr
 
@@ -81,7 +81,13 @@ def test_lines_from_a_runs_threads_carry_its_id_and_their_traceback() -> None:
         except ValueError:
             records.append(
                 logging.LogRecord(
-                    "runs.logsink", logging.ERROR, __file__, 1, "write failed", None, sys.exc_info()
+                    "runs.execution.logsink",
+                    logging.ERROR,
+                    __file__,
+                    1,
+                    "write failed",
+                    None,
+                    sys.exc_info(),
                 )
             )
 

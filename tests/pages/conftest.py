@@ -6,6 +6,7 @@ each test, so it shares this test's settings (artifact root, recipes file) and d
 """
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from channels.testing import ChannelsLiveServerTestCase
 from daphne.testing import DaphneProcess
 from django.db import connections
-from playwright.sync_api import Page, Playwright, expect
+from playwright.sync_api import ConsoleMessage, Page, Playwright, expect
 
 from tests.conftest import REPO
 
@@ -23,9 +24,12 @@ SCREENSHOTS = REPO / "test-output" / "e2e"
 ALLOW_ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Browser tests last: from the first one on, Playwright's loop runs in the main thread
-    (see the `playwright` fixture below), and no other test should run beside it."""
+    (see the `playwright` fixture below), and no other test should run beside it. `trylast`,
+    because pytest-django's own reordering (database tests first, then transactional ones, then
+    the rest) would otherwise run after this and put tests without a database behind them."""
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
 
 
@@ -105,15 +109,39 @@ def console(transactional_db: None, artifact_root: Path, child_recipes: Path) ->
 
 
 @pytest.fixture
-def signed_in_page(page: Page, console: str, alice: Any) -> Page:
-    """A page logged in as alice through the login form."""
+def csp_violations(page: Page) -> Iterator[list[str]]:
+    """What Chromium refused under the Content-Security-Policy while the test ran: the test
+    fails if the pages needed anything the policy forbids (an inline script or style, an
+    outside source)."""
+    refused: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            refused.append(message.text)
+
+    page.on("console", on_console)
+    yield refused
+    assert not refused, refused
+
+
+def log_in(page: Page, console: str, username: str, path: str = "/runs/") -> None:
+    """Through the login form, checking it is served under the Content-Security-Policy."""
     page.set_default_timeout(20_000)
-    page.goto(f"{console}/runs/")
-    expect(page).to_have_url(f"{console}/accounts/login/?next=/runs/")
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill("alice-password-1")
-    page.get_by_test_id("login-submit").click()
-    expect(page).to_have_url(f"{console}/runs/")
+    response = page.goto(f"{console}{path}")
+    assert response is not None
+    expect(page).to_have_url(re.compile(r"/login/\?next="))
+    policy = response.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy, policy
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(f"{username}-password-1")
+    page.locator("[type=submit]").click()
+    expect(page).to_have_url(f"{console}{path}")
+
+
+@pytest.fixture
+def signed_in_page(page: Page, console: str, alice: Any, csp_violations: list[str]) -> Page:
+    """A page logged in as alice through the login form, with the CSP on and watched."""
+    log_in(page, console, "alice")
     return page
 
 

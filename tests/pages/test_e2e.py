@@ -12,6 +12,7 @@ from playwright.sync_api import Page, Route, expect
 
 from artifacts.models import Artifact
 from runs.models import Run, RunStatus
+from tests.pages.conftest import log_in
 from tests.runs.helpers import WorkerThread, enqueue_child
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -29,6 +30,10 @@ def start_from_the_form(
     page: Page, recipe: str, screenshots: Path | None = None, **config: str
 ) -> Run:
     page.get_by_test_id("new-run").click()
+    # The recipe list switches on `change` only once the page's module has run (it first hides
+    # the no-JavaScript button): a choice made before that is lost, as seen on a busy CI host.
+    page.wait_for_load_state("load")
+    expect(page.locator("[data-recipe-switch]")).to_be_hidden()
     page.get_by_label("Recipe", exact=True).select_option(recipe)
     expect(page.get_by_test_id("config-fields")).to_contain_text(f"{recipe} settings")
     for key, value in config.items():
@@ -46,6 +51,7 @@ def log_lines(page: Page, stream: str) -> list[str]:
     return page.get_by_test_id("live-logs").locator(f".line.{kind}").all_inner_texts()
 
 
+@pytest.mark.slow
 def test_a_run_started_from_the_form_streams_its_log_live_to_the_end(
     signed_in_page: Page, screenshots: Path
 ) -> None:
@@ -89,6 +95,7 @@ def at_bottom(page: Page) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_a_long_run_is_cancelled_from_its_page(signed_in_page: Page) -> None:
     page = signed_in_page
     with WorkerThread():
@@ -126,6 +133,7 @@ def test_a_long_run_is_cancelled_from_its_page(signed_in_page: Page) -> None:
     assert "by alice: from the run page" in run.status_reason
 
 
+@pytest.mark.slow
 def test_the_status_still_updates_by_polling_when_the_stream_is_unavailable(
     signed_in_page: Page, console: str, alice: Any
 ) -> None:
@@ -150,6 +158,7 @@ def test_the_status_still_updates_by_polling_when_the_stream_is_unavailable(
 
 
 @pytest.mark.tunix
+@pytest.mark.slow
 def test_a_tiny_sft_run_draws_its_loss_and_offers_its_checkpoints(
     signed_in_page: Page, screenshots: Path, tmp_path: Path
 ) -> None:
@@ -197,3 +206,65 @@ def test_a_tiny_sft_run_draws_its_loss_and_offers_its_checkpoints(
         names = archive.namelist()
     expected = Artifact.objects.filter(run=run, step=12).count()
     assert len(names) >= expected > 0
+
+
+@pytest.mark.tunix
+@pytest.mark.slow
+def test_a_grpo_run_draws_its_event_file_series_and_any_can_be_picked(
+    signed_in_page: Page, screenshots: Path, settings: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    pytest.importorskip("tunix", reason="needs the Tunix runtime (requirements-tunix.txt)")
+    settings.TUNIX_MODEL_CACHE = tmp_path / "models"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    page = signed_in_page
+    line = page.get_by_test_id("loss-line")
+    picker = page.get_by_test_id("series-picker")
+    with WorkerThread():
+        run = start_from_the_form(page, "grpo")
+        expect(line).not_to_have_attribute("data-count", "0", timeout=180_000)
+        expect(page.get_by_test_id("run-status")).to_have_attribute(
+            "data-status", "completed", timeout=180_000
+        )
+    # GRPO logs no plain `loss`: the actor's loss is the default, every other series is offered.
+    expect(line).to_have_attribute("data-series", "actor/loss")
+    expect(picker).to_have_value("actor/loss")
+    options = picker.locator("option").all_inner_texts()
+    assert {"actor/kl", "rewards/mean", "completions/mean_length"} <= set(options)
+    expect(page.get_by_test_id("progress-text")).to_have_text("step 6 of 6 (100%)")
+    picker.select_option("actor/kl")
+    expect(line).to_have_attribute("data-series", "actor/kl")
+    expect(page.get_by_test_id("chart-title")).to_have_text("actor/kl by step")
+    kl_steps = [m.step for m in run.metrics.all() if m.merged.get("actor/kl") is not None]
+    expect(line).to_have_attribute("data-count", str(len(kl_steps)))
+    expect(page.get_by_test_id("loss-summary")).to_contain_text(f"at step {max(kl_steps)}.")
+    picker.select_option("rewards/mean")
+    # GRPO logs its first rewards at step 0, which the page must not take for "no step yet".
+    expect(page.get_by_test_id("loss-summary")).to_have_text(
+        re.compile(r"^rewards/mean \S+ at step 0, \S+ at step 5\.$")
+    )
+    page.screenshot(path=screenshots / "grpo-run-series.png", full_page=True)
+
+
+def test_the_admin_console_and_its_actions_work_under_the_csp(
+    page: Page, console: str, operator: Any, make_run: Any, csp_violations: list[str]
+) -> None:
+    pending = make_run(name="to-cancel")
+    done = make_run(name="finished", status=RunStatus.COMPLETED)
+    log_in(page, console, "olga", "/admin/runs/run/")
+    expect(page.locator("#result_list")).to_contain_text("to-cancel")
+    # The admin's own scripts (actions.js) run: "select all" ticks every row.
+    page.locator("#action-toggle").check()
+    expect(page.locator("input.action-select:checked")).to_have_count(2)
+    page.locator("#action-toggle").uncheck()
+    page.locator(f'input.action-select[value="{pending.pk}"]').check()
+    page.locator("select[name=action]").select_option("cancel_selected")
+    page.locator("button[name=index]").click()
+    expect(page.locator("ul.messagelist")).to_contain_text("Cancelled or asked to cancel 1")
+    pending.refresh_from_db()
+    done.refresh_from_db()
+    assert (pending.status, done.status) == (RunStatus.CANCELLED, RunStatus.COMPLETED)
+    page.goto(f"{console}/admin/runs/run/{done.pk}/change/")
+    expect(page.locator("#content")).to_contain_text("finished")
+    page.get_by_role("link", name="run page").click()
+    expect(page.get_by_test_id("run-status")).to_have_attribute("data-status", "completed")

@@ -227,7 +227,7 @@ def test_a_valid_form_enqueues_the_run_and_opens_its_page(signed_in: Client, ali
     assert response["Location"] == f"/runs/{run.pk}/"
     assert run.status == RunStatus.PENDING
     assert run.created_by == alice
-    assert (run.name, run.dataset_key, run.model_id) == (
+    assert (run.name, run.dataset_id, run.model_id) == (
         "from the form",
         "support-v1",
         "tiny-qwen3-random",
@@ -588,3 +588,160 @@ def test_the_pages_scripts_and_styles_are_served_by_the_app_itself(signed_in: Cl
 )
 def test_durations_read_naturally(seconds: float | None, text: str) -> None:
     assert duration(None if seconds is None else timedelta(seconds=seconds)) == text
+
+
+def test_the_overview_shows_the_runs_devices_and_memory_limit(
+    signed_in: Client, make_run: Any
+) -> None:
+    run = make_run(status=RunStatus.RUNNING, devices=2, device_ids="4,5", memory_limit_mb=512)
+    body = html(signed_in.get(f"/runs/{run.pk}/"))
+    assert re.search(r'data-testid="devices">2 \(ids 4,5\)<', body)
+    assert "512 MiB" in body
+    cpu = make_run()
+    assert 'data-testid="devices">none (CPU)<' in html(signed_in.get(f"/runs/{cpu.pk}/"))
+
+
+def _committed_step(run: Any, step: int) -> None:
+    from artifacts.services import artifacts_sync
+    from runs.services import run_dir
+
+    step_dir = run_dir(run.pk) / "checkpoints" / str(step)
+    step_dir.mkdir(parents=True)
+    (step_dir / "commit_success.txt").write_text("ok")
+    (step_dir / "weights.bin").write_bytes(b"w" * 100)
+    artifacts_sync(run_id=run.pk)
+
+
+def test_a_finished_run_continues_from_the_chosen_step_with_changed_settings(
+    signed_in: Client, make_run: Any
+) -> None:
+    parent = make_run(status=RunStatus.COMPLETED, config={"max_steps": 20, "seed": 3})
+    _committed_step(parent, 10)
+    _committed_step(parent, 20)
+    page = html(signed_in.get(f"/runs/{parent.pk}/continue/"))
+    assert '<option value="20" selected>20</option>' in page
+    assert 'name="config.max_steps"' in page and 'value="20"' in page
+    response = signed_in.post(
+        f"/runs/{parent.pk}/continue/", {"step": "10", "config.max_steps": "40", "name": "more"}
+    )
+    child = Run.objects.get(continued_from=parent)
+    assert response.status_code == 302 and response["Location"] == f"/runs/{child.pk}/"
+    assert (child.continued_from_step, child.name, child.config["max_steps"]) == (10, "more", 40)
+    assert child.config["seed"] == 3
+    body = html(signed_in.get(f"/runs/{child.pk}/"))
+    assert re.search(r'data-testid="continued-from">step 10 of', body)
+    assert str(child.pk) in html(signed_in.get(f"/runs/{parent.pk}/"))
+
+
+def test_a_run_without_checkpoints_or_not_finished_cannot_be_continued(
+    signed_in: Client, make_run: Any
+) -> None:
+    finished = make_run(status=RunStatus.COMPLETED)
+    response = signed_in.get(f"/runs/{finished.pk}/continue/", follow=True)
+    assert "it has no committed checkpoint step" in html(response)
+    running = make_run(status=RunStatus.RUNNING)
+    response = signed_in.get(f"/runs/{running.pk}/continue/", follow=True)
+    assert "the run is running" in html(response)
+    assert not Run.objects.filter(continued_from__isnull=False).exists()
+
+
+def test_a_peft_run_forks_into_grpo_from_the_continue_page(
+    signed_in: Client, make_run: Any
+) -> None:
+    parent = make_run(
+        status=RunStatus.COMPLETED,
+        recipe="peft",
+        model_id="tunixops/qwen3-tiny",
+        config={"training_config.max_steps": 4},
+    )
+    _committed_step(parent, 4)
+    page = html(signed_in.get(f"/runs/{parent.pk}/continue/"))
+    assert f'href="/runs/{parent.pk}/continue/?recipe=grpo"' in page
+    fork = html(signed_in.get(f"/runs/{parent.pk}/continue/?recipe=grpo"))
+    assert 'name="recipe" value="grpo"' in fork
+    assert 'name="config.rl_training_config.max_steps"' in fork
+    assert 'name="config.training_config.max_steps"' not in fork
+    response = signed_in.post(
+        f"/runs/{parent.pk}/continue/",
+        {"recipe": "grpo", "step": "4", "config.rl_training_config.max_steps": "2"},
+    )
+    child = Run.objects.get(continued_from=parent)
+    assert response.status_code == 302 and response["Location"] == f"/runs/{child.pk}/"
+    assert (child.recipe, child.model_id, child.continued_from_step) == (
+        "grpo",
+        "tunixops/qwen3-tiny",
+        4,
+    )
+    assert child.config["rl_training_config.max_steps"] == 2
+
+
+def test_a_fork_into_a_recipe_that_cannot_start_from_the_run_is_refused_on_the_page(
+    signed_in: Client, make_run: Any
+) -> None:
+    parent = make_run(status=RunStatus.COMPLETED, recipe="tiny_sft")
+    _committed_step(parent, 4)
+    page = html(signed_in.get(f"/runs/{parent.pk}/continue/"))
+    assert "fork into" not in page
+    for recipe in ("grpo", "no-such-recipe"):
+        response = signed_in.post(f"/runs/{parent.pk}/continue/", {"recipe": recipe, "step": "4"})
+        assert response.status_code == 400
+        assert (
+            f"Recipe &#x27;{recipe}&#x27; cannot start from a &#x27;tiny_sft&#x27; checkpoint"
+            in (html(response))
+        )
+    assert not Run.objects.filter(continued_from=parent).exists()
+
+
+def test_a_bad_setting_when_continuing_is_shown_next_to_its_field(
+    signed_in: Client, make_run: Any
+) -> None:
+    parent = make_run(status=RunStatus.COMPLETED, config={"max_steps": 20})
+    _committed_step(parent, 20)
+    response = signed_in.post(
+        f"/runs/{parent.pk}/continue/", {"step": "20", "config.max_steps": "0"}
+    )
+    assert response.status_code == 400
+    assert "must be &gt;= 1" in html(response)
+    assert not Run.objects.filter(continued_from=parent).exists()
+
+
+def test_a_retried_runs_page_lists_each_attempt_with_its_ending(
+    signed_in: Client, make_run: Any
+) -> None:
+    from runs.models import RunAttempt
+
+    now = timezone.now()
+    run = make_run(status=RunStatus.COMPLETED, attempt=2, max_attempts=3)
+    RunAttempt.objects.create(
+        run=run,
+        number=1,
+        worker_id="w1",
+        started_at=now,
+        finished_at=now,
+        ending="pending",
+        reason="exit code 137; retrying",
+        exit_code=137,
+    )
+    RunAttempt.objects.create(
+        run=run,
+        number=2,
+        worker_id="w2",
+        started_at=now,
+        finished_at=now,
+        ending="completed",
+        exit_code=0,
+    )
+    table = html(signed_in.get(f"/runs/{run.pk}/")).split('data-testid="attempts"')[1]
+    assert re.search(r"<th scope=\"row\">1</th>\s*<td>w1</td>", table)
+    assert "retried" in table and "exit code 137; retrying" in table and "completed" in table
+
+
+def test_the_new_run_form_takes_a_pool_and_devices(signed_in: Client) -> None:
+    response = signed_in.post(
+        "/runs/new/", {"recipe": "tiny_sft", "pool": "gpu-a100", "devices": "2"}
+    )
+    run = Run.objects.get()
+    assert response.status_code == 302
+    assert (run.pool, run.devices) == ("gpu-a100", 2)
+    bad = signed_in.post("/runs/new/", {"recipe": "tiny_sft", "pool": "no/slashes"})
+    assert bad.status_code == 400 and Run.objects.count() == 1

@@ -82,13 +82,14 @@ def _restart_postgres() -> None:
     )
 
 
+@pytest.mark.postgres
 @pytest.mark.skipif(
-    connection.vendor != "postgresql"
-    or shutil.which("pg_ctlcluster") is None
+    shutil.which("pg_ctlcluster") is None
     or not os.path.isdir("/etc/postgresql")
     or os.geteuid() != 0,
     reason="needs a local PostgreSQL cluster this test may restart (pg_ctlcluster, root)",
 )
+@pytest.mark.slow
 def test_a_postgres_restart_mid_run_loses_no_line(
     alice: Any, spawn_worker: Any, tmp_path: Path
 ) -> None:

@@ -1,4 +1,7 @@
-"""Worker faults and load: floods, many workers, sudden death. Each test is bounded in time."""
+"""Worker faults and load: floods and sudden death. Each test is bounded in time.
+
+Many workers sharing one queue, each run executed once: tests/runs/test_worker.py.
+"""
 
 import os
 import signal
@@ -22,6 +25,7 @@ def peak_rss_kib(pid: int) -> int:
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("child_recipes")]
 
 
+@pytest.mark.slow
 def test_a_child_printing_a_gigabyte_is_bounded_in_the_database_and_the_worker(
     alice: Any, spawn_worker: Any
 ) -> None:
@@ -41,21 +45,6 @@ def test_a_child_printing_a_gigabyte_is_bounded_in_the_database_and_the_worker(
     assert stored <= limit + 1024
     assert run.stdout_tail.endswith("y" * 99 + "\n")
     assert peak < 256, f"worker peak RSS {peak:.0f} MB"
-
-
-def test_four_workers_execute_five_hundred_runs_exactly_once(alice: Any, spawn_worker: Any) -> None:
-    runs = [enqueue_child(alice, lines=1) for _ in range(500)]
-    workers = [
-        spawn_worker("--once", "--worker-id", f"w{i}", "--poll-interval", "0.05") for i in range(4)
-    ]
-    for proc in workers:
-        assert proc.wait(600) == 0
-    assert Run.objects.filter(status=RunStatus.COMPLETED).count() == 500
-    assert set(Run.objects.values_list("attempt", flat=True)) == {1}
-    lines = dict(
-        LogChunk.objects.filter(run__in=runs).values_list("run_id").annotate(n=Sum(Length("chunk")))
-    )
-    assert all(lines[r.pk] == len("line 1\n") for r in runs)
 
 
 def test_a_sigkilled_worker_loses_no_flushed_line_and_its_run_is_retried(

@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from runs.execution.worker import Worker
 from runs.models import LogChunk, Run, RunStatus
 from runs.services import run_enqueue
-from runs.worker import Worker
 
 
 def enqueue_child(user: Any = None, **config: Any) -> Run:
@@ -16,7 +16,16 @@ def enqueue_child(user: Any = None, **config: Any) -> Run:
     return run_enqueue(recipe="child", created_by=user, config=config, **options)
 
 
-RUN_FIELDS = {"timeout_seconds", "max_attempts", "priority", "cancel_grace_seconds", "name"}
+RUN_FIELDS = {
+    "timeout_seconds",
+    "max_attempts",
+    "priority",
+    "cancel_grace_seconds",
+    "name",
+    "devices",
+    "memory_limit_mb",
+    "retry_on",
+}
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:

@@ -1,6 +1,8 @@
 import json
+import sys
 import uuid
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,6 +128,42 @@ def test_dry_run_of_the_cli_recipe_appends_overrides(api: APIClient) -> None:
     assert "training_config.checkpoint_root_directory=$RUN_DIR/checkpoints" in argv
 
 
+def test_dry_run_shows_placeholders_and_never_a_server_path(
+    api: APIClient, settings: Any, tmp_path: Path, artifact_root: Path
+) -> None:
+    project = str(settings.BASE_DIR)
+    recipes = tmp_path / "recipes.toml"
+    # An operator's recipe that spells server paths out, beside the {project_dir} placeholder.
+    recipes.write_text(
+        "[recipes.local]\n"
+        f'argv = ["{{python}}", "{{project_dir}}/train.py", "--cache", "{artifact_root}/cache",'
+        f' "--venv", "{sys.prefix}", "--py", "{sys.executable}"]\n'
+        f'env = {{ PYTHONPATH = "{project}/lib", HF_HOME = "{artifact_root}/hf" }}\n'
+    )
+    settings.TUNIX_RECIPES_FILE = str(recipes)
+    response = post_run(api, {"recipe": "local"}, mode="dry-run")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["argv"] == [
+        "python",
+        "$PROJECT_DIR/train.py",
+        "--cache",
+        "$TUNIX_ARTIFACT_ROOT/cache",
+        "--venv",
+        "$PYTHON_PREFIX",
+        "--py",
+        "python",
+    ]
+    assert body["env"] == {
+        "PYTHON_DOTENV_DISABLED": "1",
+        "PYTHONPATH": "$PROJECT_DIR/lib",
+        "HF_HOME": "$TUNIX_ARTIFACT_ROOT/hf",
+    }
+    text = response.content.decode()
+    for path in (project, str(artifact_root), sys.executable, sys.prefix):
+        assert path not in text
+
+
 def test_sync_mode_answers_202_with_the_current_state_when_the_wait_runs_out(
     api: APIClient,
 ) -> None:
@@ -235,7 +273,9 @@ def test_a_bad_token_is_refused(anon: APIClient) -> None:
 
 def test_session_authentication_works_for_the_browser(alice: Any, make_run: Any) -> None:
     client = APIClient()
-    assert client.login(username="alice", password="alice-password-1")
+    # Through the login form, as a browser does (axes needs the request to count failures).
+    login = client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"})
+    assert login.status_code == 302
     assert client.get("/api/tunix/runs").status_code == 200
 
 
@@ -263,3 +303,18 @@ def test_the_openapi_schema_describes_the_run_api(api: APIClient) -> None:
     assert "/api/tunix/runs/{run_id}/cancel" in schema["paths"]
     create = schema["paths"]["/api/tunix/run"]["post"]
     assert {"202", "400", "413"} <= set(create["responses"])
+
+
+def test_the_schema_documents_refusals_and_rates_on_every_operation(api: APIClient) -> None:
+    paths = api.get("/api/schema/").json()["paths"]
+    operations = {
+        op["operationId"]: op["responses"]
+        for item in paths.values()
+        for method, op in item.items()
+        if method in ("get", "post")
+    }
+    assert len(operations) >= 17
+    for name, responses in operations.items():
+        assert {"401", "429"} <= set(responses), name
+    for name in ("run_create", "run_cancel", "trace_create", "trace_batch_create", "dataset_build"):
+        assert "403" in operations[name], name

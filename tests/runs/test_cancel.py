@@ -158,6 +158,7 @@ def test_cancel_from_the_admin_action_uses_the_same_service(
 
 
 @pytest.mark.tunix
+@pytest.mark.slow
 def test_it_cancels_a_real_tiny_sft_run(alice: Any) -> None:
     pytest.importorskip("tunix", reason="needs the Tunix runtime (requirements-tunix.txt)")
     from runs.services import run_enqueue

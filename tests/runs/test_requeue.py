@@ -15,8 +15,9 @@ pytestmark = pytest.mark.django_db
     "status", [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.CANCELLED]
 )
 def test_a_finished_run_is_copied_into_a_new_pending_run_linked_to_it(
-    make_run: Any, bob: Any, status: RunStatus
+    make_run: Any, operator: Any, status: RunStatus
 ) -> None:
+    # An operator: the run is alice's and has a priority, which only operators may give.
     Dataset.objects.create(
         key="support-v2", name="support", version="v2", selection="latest", limit=10, trace_count=0
     )
@@ -35,12 +36,12 @@ def test_a_finished_run_is_copied_into_a_new_pending_run_linked_to_it(
         worker_id="w-1",
         status_reason="exit 1",
     )
-    copy = run_requeue(run_id=original.pk, user=bob)
+    copy = run_requeue(run_id=original.pk, user=operator)
     assert copy.pk != original.pk
     assert copy.status == RunStatus.PENDING
     assert copy.requeued_from == original
-    assert copy.created_by == bob
-    assert (copy.name, copy.recipe, copy.model_id, copy.dataset_key) == (
+    assert copy.created_by == operator
+    assert (copy.name, copy.recipe, copy.model_id, copy.dataset_id) == (
         "nightly",
         "tiny_sft",
         "tiny-qwen3-random",

@@ -64,6 +64,7 @@ def twelve_steps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     return run_dir, result
 
 
+@pytest.mark.slow
 def test_exits_zero_and_reports_every_step_once_in_order(twelve_steps: tuple[Path, Any]) -> None:
     _, result = twelve_steps
     assert result.returncode == 0, result.stderr[-3000:]
@@ -137,6 +138,7 @@ def test_checkpoints_are_committed_and_restorable(twelve_steps: tuple[Path, Any]
     assert 50_000 < summary["size"] < 200_000
 
 
+@pytest.mark.slow
 def test_rerun_with_more_steps_resumes(twelve_steps: tuple[Path, Any], tmp_path: Path) -> None:
     run_dir, first = twelve_steps
     assert first.returncode == 0, first.stderr[-3000:]
@@ -149,6 +151,7 @@ def test_rerun_with_more_steps_resumes(twelve_steps: tuple[Path, Any], tmp_path:
     assert (copy / "checkpoints" / "14" / "commit_success.txt").exists()
 
 
+@pytest.mark.slow
 def test_dataset_jsonl_is_used(tmp_path: Path) -> None:
     dataset = tmp_path / "data.jsonl"
     records = [
@@ -172,6 +175,7 @@ def test_bad_config_exits_2_with_clear_message(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_lora_rank_4_trains(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_entry(run_dir, {"max_steps": 3, "lora_rank": 4, "save_every_steps": 2})

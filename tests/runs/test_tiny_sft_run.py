@@ -6,14 +6,15 @@ from typing import Any
 
 import pytest
 
+from runs.execution.worker import Worker
 from runs.models import RunStatus
 from runs.services import run_dir, run_enqueue
-from runs.worker import Worker
 from tests.runs.helpers import log_text
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.tunix]
 
 
+@pytest.mark.slow
 def test_a_tiny_sft_run_trains_streams_its_loss_and_commits_checkpoints(alice: Any) -> None:
     pytest.importorskip("tunix", reason="needs the Tunix runtime (requirements-tunix.txt)")
     run = run_enqueue(

@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
 from django.utils import timezone
 
-from runs.logsink import CHUNK_MAX_CHARS
+from runs.execution.logsink import CHUNK_MAX_CHARS
+from runs.execution.worker import Worker
 from runs.models import LogChunk, Run, RunStatus
 from runs.services import run_cancel, run_dir
-from runs.worker import Worker
 from tests.runs.helpers import (
     WorkerThread,
     enqueue_child,
@@ -75,11 +74,12 @@ def test_a_run_whose_recipe_is_gone_fails_with_a_clear_reason(alice: Any, make_r
     assert run.status_reason == "could not start: unknown recipe 'retired_recipe'"
 
 
-def test_it_claims_by_priority_then_age(alice: Any) -> None:
-    low = enqueue_child(alice, priority=0, name="low")
-    high = enqueue_child(alice, priority=5, name="high")
+def test_it_claims_by_priority_then_age(operator: Any) -> None:
+    # An operator: only they may set a priority.
+    low = enqueue_child(operator, priority=0, name="low")
+    high = enqueue_child(operator, priority=5, name="high")
     older_low = Run.objects.get(pk=low.pk)
-    late_low = enqueue_child(alice, priority=0, name="late")
+    late_low = enqueue_child(operator, priority=0, name="late")
     run_once()
     order = list(Run.objects.order_by("started_at").values_list("name", flat=True))
     assert order == ["high", "low", "late"]
@@ -229,7 +229,12 @@ def test_max_runs_stops_the_worker(alice: Any) -> None:
 # -- several real worker processes -----------------------------------------------------------
 
 
-def test_concurrent_workers_execute_every_run_exactly_once(alice: Any, spawn_worker: Any) -> None:
+@pytest.mark.slow
+def test_concurrent_workers_execute_every_run_exactly_once(
+    alice: Any, spawn_worker: Any, settings: Any
+) -> None:
+    # Past the default quota of active runs (100) for one user: lifted, this is about workers.
+    settings.TUNIX_MAX_ACTIVE_RUNS_PER_USER = 0
     runs = [enqueue_child(alice, lines=1) for _ in range(200)]
     workers = [
         spawn_worker("--once", "--worker-id", f"w{i}", "--poll-interval", "0.05") for i in range(4)
@@ -269,14 +274,16 @@ def test_a_run_of_a_sigkilled_worker_is_reclaimed_and_its_child_dies(
     assert log_text(run) == "line 1\nline 2\nline 3\n"
 
 
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="LISTEN/NOTIFY needs PostgreSQL")
+@pytest.mark.postgres  # LISTEN/NOTIFY
 def test_an_idle_worker_wakes_on_notify_not_on_its_poll(alice: Any, spawn_worker: Any) -> None:
     spawn_worker("--worker-id", "idle", "--poll-interval", "30")
     time.sleep(2)  # let it reach its idle LISTEN wait; the poll is 30 s away
     run = enqueue_child(alice, sleep=5)
     began = time.monotonic()
-    wait_for(lambda: status_of(run) == RunStatus.RUNNING, timeout=5, interval=0.005)
-    assert time.monotonic() - began < 2
+    wait_for(lambda: status_of(run) == RunStatus.RUNNING, timeout=20, interval=0.005)
+    # Milliseconds when idle (bench/pickup_latency.py measures it); the bound only has to tell
+    # the notification from the 30 s poll on a loaded CI machine.
+    assert time.monotonic() - began < 10
 
 
 def _cmdline(pid: str) -> str:
@@ -285,3 +292,26 @@ def _cmdline(pid: str) -> str:
             return f.read().replace(b"\0", b" ").decode().strip()
     except OSError:
         return ""
+
+
+@pytest.mark.postgres
+def test_a_worker_refuses_to_start_with_the_web_processes_connection_pool() -> None:
+    """A pool sized for short requests would starve the worker's long-lived threads; an `.env`
+    that turns it on for every process is refused at start, naming the variable."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        pytest.skip("the pool exists only on PostgreSQL")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "tunix_worker", "--once"],
+        cwd=REPO,
+        env={**os.environ, "TUNIX_DB_POOL": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "TUNIX_DB_POOL is for web processes" in done.stderr

@@ -8,9 +8,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from artifacts.models import Artifact
+from runs.execution.worker import Worker
 from runs.models import RunStatus
 from runs.services import run_cancel, run_dir, run_enqueue
-from runs.worker import Worker
 from tests.runs.helpers import WorkerThread, enqueue_child, log_text, status_of, wait_for
 from traces.services import dataset_build, trace_create_batch
 
@@ -74,12 +74,24 @@ def test_an_unknown_dataset_is_refused_at_enqueue(api: APIClient) -> None:
     assert "unknown dataset" in response.json()["error"]["fields"]["dataset_key"][0]
 
 
-def test_a_dataset_deleted_after_enqueue_fails_the_run_clearly(alice: Any) -> None:
+def test_a_dataset_a_queued_run_names_cannot_be_deleted(alice: Any) -> None:
+    from django.db.models import ProtectedError
+
     from traces.models import Dataset
 
     key = make_dataset(alice, "v2")
     run = run_enqueue(recipe="child", created_by=alice, config={}, dataset_key=key)
-    Dataset.objects.filter(key=key).delete()
+    with pytest.raises(ProtectedError):
+        Dataset.objects.filter(key=key).delete()
+    Worker(once=True, poll_interval=0.05).run()
+    assert status_of(run) == RunStatus.COMPLETED
+
+
+def test_a_dataset_that_cannot_be_written_fails_the_run_clearly(alice: Any) -> None:
+    key = make_dataset(alice, "v4")
+    run = run_enqueue(recipe="child", created_by=alice, config={}, dataset_key=key)
+    # A directory where the file must go: the write (an atomic rename) fails.
+    (run_dir(run.pk) / "dataset.jsonl").mkdir(parents=True)
     Worker(once=True, poll_interval=0.05).run()
     run.refresh_from_db()
     assert run.status == RunStatus.FAILED
@@ -87,6 +99,7 @@ def test_a_dataset_deleted_after_enqueue_fails_the_run_clearly(alice: Any) -> No
 
 
 @pytest.mark.tunix
+@pytest.mark.slow
 def test_tiny_sft_trains_on_the_runs_dataset(alice: Any) -> None:
     pytest.importorskip("tunix", reason="needs the Tunix runtime (requirements-tunix.txt)")
     key = make_dataset(alice, "v3", count=5)

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import Max
 from rest_framework.authtoken.models import Token
 
-from runs import notify
+from runs.live import notify
 from runs.models import LogChunk
 from tests.artifacts.servers import Daphne
 from tests.conftest import database_url

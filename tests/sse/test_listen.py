@@ -10,13 +10,13 @@ import httpx
 import pytest
 from django.db import connection
 
-from runs.eventstream_hub import LISTEN_APPLICATION_NAME
+from runs.live.hub import LISTEN_APPLICATION_NAME
 from runs.models import RunStatus
-from tests.conftest import needs_postgres
+from tests.runs.helpers import wait_for
 from tests.sse.conftest import Server, append, daphne
 from tests.sse.sseclient import SseEvent, auth, parse_events, stream_url
 
-pytestmark = [pytest.mark.django_db(transaction=True), needs_postgres()]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
 
 def listen_backends() -> list[int]:
@@ -26,14 +26,6 @@ def listen_backends() -> list[int]:
             [connection.settings_dict["NAME"], LISTEN_APPLICATION_NAME],
         )
         return [row[0] for row in cursor.fetchall()]
-
-
-def wait_for(predicate: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return value
 
 
 def next_log(events: Iterator[SseEvent]) -> SseEvent:

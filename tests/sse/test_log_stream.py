@@ -312,6 +312,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_does_not_grow_server_memory(
     server: Server, client: httpx.Client, token: str, make_run: Any
 ) -> None:

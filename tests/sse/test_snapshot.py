@@ -7,7 +7,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from runs.models import LogChunk, RunStatus
-from runs.sse import log_snapshot
+from runs.selectors import log_snapshot
 
 pytestmark = pytest.mark.django_db
 

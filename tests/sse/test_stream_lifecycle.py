@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from runs.eventstream_hub import close_pool, get_hub
+from runs.live.hub import close_pool, get_hub
+from runs.live.stream import StreamStart, stream_response
 from runs.models import RunStatus
-from runs.sse import StreamStart, stream_response
 from tests.sse.conftest import append
 
 pytestmark = pytest.mark.django_db(transaction=True)
